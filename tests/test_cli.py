@@ -14,7 +14,7 @@ import pytest
 from conftest import random_array
 from numpy.lib import format as npformat
 
-from npstream._cli import main
+from npstream._tools.cli import main
 
 h5py = pytest.importorskip("h5py")
 
@@ -193,7 +193,7 @@ def test_subprocess_matches_in_process(tmp_path, capsys, rng):
     np.save(tmp_path / "a.npy", array)
     _, in_process = run_json(capsys, str(tmp_path / "a.npy"))
     result = subprocess.run(
-        [sys.executable, "-m", "npstream._cli", "info", str(tmp_path / "a.npy"), "--json"],
+        [sys.executable, "-m", "npstream._tools.cli", "info", str(tmp_path / "a.npy"), "--json"],
         capture_output=True,
         text=True,
         timeout=120,

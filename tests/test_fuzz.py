@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 import npstream
-from npstream._cli import main as cli_main
+from npstream._tools.cli import main as cli_main
 
 EXAMPLES = int(os.environ.get("NPSTREAM_FUZZ_EXAMPLES") or 400)
 

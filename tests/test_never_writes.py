@@ -27,7 +27,7 @@ import pytest
 from fuzz_helpers import same_values
 
 import npstream
-from npstream._cli import main as cli_main
+from npstream._tools.cli import main as cli_main
 
 h5py = pytest.importorskip("h5py")
 

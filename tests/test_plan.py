@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npstream import UsageError
-from npstream._plan import EpochPlan
+from npstream._core.plan import EpochPlan
 
 SEEDS = (0, 1, 12345, -1, 2**62 + 7)
 

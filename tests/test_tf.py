@@ -2,7 +2,7 @@
 
 Most files here hold rows that encode their own index (column 0 of an int64 array, or a float
 derived from it), so every batch can be checked for which rows it holds and that their contents
-are intact. Orders are compared with :class:`~npstream._plan.EpochPlan` built exactly as the
+are intact. Orders are compared with :class:`~npstream._core.plan.EpochPlan` built exactly as the
 adapter builds it (``_plan_sizes``) where the test is about seeds; everything else is checked
 against numpy alone.
 """
@@ -22,7 +22,7 @@ tf = pytest.importorskip("tensorflow")
 import npstream  # noqa: E402
 import npstream.tf as ntf  # noqa: E402
 from npstream import UsageError  # noqa: E402
-from npstream._plan import EpochPlan  # noqa: E402
+from npstream._core.plan import EpochPlan  # noqa: E402
 from npstream._units import parse_bytes  # noqa: E402
 
 pytestmark = pytest.mark.tf

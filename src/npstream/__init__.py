@@ -6,13 +6,13 @@ no memory maps, no loading. ``npstream.tf`` turns any source into a ``tf.data.Da
 importing ``npstream`` alone never imports TensorFlow or h5py.
 """
 
-from ._concat import ConcatSource
 from ._errors import FormatError, NpstreamError, ReadError, UsageError
-from ._file import FileSource
-from ._hdf5 import HDF5Source
-from ._layout import ArrayLayout
-from ._open import open
-from ._source import ArraySource
+from ._formats.concat import ConcatSource
+from ._formats.file import FileSource
+from ._formats.hdf5 import HDF5Source
+from ._formats.layout import ArrayLayout
+from ._formats.open import open
+from ._formats.source import ArraySource
 
 __all__ = [
     "ArrayLayout",

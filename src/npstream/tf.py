@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from ._core.plan import EpochPlan
+from ._core.window import WindowReader
 from ._errors import UsageError
-from ._open import open as open_source
-from ._plan import EpochPlan
-from ._source import ArraySource
+from ._formats.open import open as open_source
+from ._formats.source import ArraySource
 from ._units import format_bytes, parse_bytes
-from ._window import WindowReader
 
 __all__ = ["dataset"]
 

@@ -7,31 +7,29 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ._concat import ConcatSource
-from ._errors import FormatError, UsageError
-from ._file import FileSource, open_readonly
-from ._hdf5 import HDF5_MAGIC, HDF5Source
-from ._layout import ArrayLayout
-from ._npy import MAGIC as NPY_MAGIC
-from ._npy import describe_npy
-from ._npz import describe_npz
-from ._raw import describe_raw
-from ._source import ArraySource
+from .._errors import FormatError, UsageError
+from .._storage import ByteSource, open_bytes, read_bytes
+from .concat import ConcatSource
+from .file import FileSource
+from .hdf5 import HDF5_MAGIC, HDF5Source
+from .layout import ArrayLayout
+from .npy import MAGIC as NPY_MAGIC
+from .npy import describe_npy
+from .npz import describe_npz
+from .raw import describe_raw
+from .source import ArraySource
 
-__all__ = ["describe", "expand_paths", "open", "sniff_format"]
+__all__ = ["describe", "describe_bytes", "expand_paths", "open", "sniff_format"]
 
 PathLike = str | os.PathLike[str]
 _ZIP_MAGIC = b"PK\x03\x04"
 _SUFFIX_FORMATS = {".npy": "npy", ".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".he5": "hdf5"}
 
 
-def sniff_format(path: str) -> str:
-    """``"npy"``, ``"npz"`` or ``"hdf5"`` from the file's first bytes (the suffix as fallback)."""
-    fd = open_readonly(path)
-    try:
-        head = os.pread(fd, 8, 0)
-    finally:
-        os.close(fd)
+def sniff_format(data: ByteSource) -> str:
+    """``"npy"``, ``"npz"`` or ``"hdf5"`` from the first bytes (the name's suffix as fallback)."""
+    path = data.name
+    head = read_bytes(data, 0, 8)
     if not head:
         raise FormatError(f"{path}: the file is empty (0 bytes); it holds no array")
     if head.startswith(NPY_MAGIC):
@@ -64,18 +62,36 @@ def describe(
     order: str = "C",
 ) -> ArrayLayout:
     """The layout of one file without the consistency check (``npstream info`` shows both)."""
+    data = open_bytes(path)
+    try:
+        return describe_bytes(data, key=key, dtype=dtype, shape=shape, offset=offset, order=order)
+    finally:
+        data.close()
+
+
+def describe_bytes(
+    data: ByteSource,
+    *,
+    key: str | None,
+    dtype: Any,
+    shape: int | Sequence[int] | None,
+    offset: int,
+    order: str,
+) -> ArrayLayout:
+    """:func:`describe` for an already opened byte source (left open)."""
+    path = data.name
     if dtype is not None:
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not raw binary data")
-        return describe_raw(path, dtype=dtype, shape=shape, offset=offset, order=order)
+        return describe_raw(data, dtype=dtype, shape=shape, offset=offset, order=order)
     _refuse_raw_arguments(path, shape, offset, order)
-    kind = sniff_format(path)
+    kind = sniff_format(data)
     if kind == "npy":
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not .npy")
-        return describe_npy(path)
+        return describe_npy(data)
     if kind == "npz":
-        return describe_npz(path, key)
+        return describe_npz(data, key)
     with HDF5Source(path, key) as source:
         return source.layout
 
@@ -103,9 +119,15 @@ def _open_one(path: str, key: str | None, raw: dict[str, Any]) -> ArraySource:
     if raw["dtype"] is None:
         # Checked before sniffing: an HDF5 file would otherwise ignore shape=, offset= and order=.
         _refuse_raw_arguments(path, raw["shape"], raw["offset"], raw["order"])
-        if sniff_format(path) == "hdf5":
+    data = open_bytes(path)
+    try:
+        if raw["dtype"] is None and sniff_format(data) == "hdf5":
+            data.close()
             return HDF5Source(path, key)
-    return FileSource(describe(path, key=key, **raw))
+        return FileSource(describe_bytes(data, key=key, **raw), data)
+    except BaseException:
+        data.close()
+        raise
 
 
 def open(

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from ._source import ArraySource
+from .._formats.source import ArraySource
 
 __all__ = ["CONTIGUOUS_STREAMS", "IO_THREADS", "PIECE_BYTES", "gather_rows", "read_segments"]
 

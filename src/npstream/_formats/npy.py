@@ -11,7 +11,6 @@ answer, or their error, into npstream's terms.
 from __future__ import annotations
 
 import functools
-import os
 import tokenize
 from collections.abc import Callable
 from typing import BinaryIO
@@ -19,10 +18,11 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib import format as npformat
 
-from ._errors import FormatError
-from ._layout import ArrayLayout, Order, check_dtype, check_shape
+from .._errors import FormatError
+from .._storage import ByteSource, open_stream
+from .layout import ArrayLayout, Order, check_dtype, check_shape
 
-__all__ = ["MAGIC", "read_npy_layout"]
+__all__ = ["MAGIC", "describe_npy", "read_npy_layout"]
 
 MAGIC = b"\x93NUMPY"
 
@@ -148,7 +148,7 @@ def read_npy_layout(
     )
 
 
-def describe_npy(path: str) -> ArrayLayout:
-    """The layout of the ``.npy`` file at ``path`` (no consistency check)."""
-    with open(path, "rb") as fp:
-        return read_npy_layout(fp, path=path, file_bytes=os.fstat(fp.fileno()).st_size)
+def describe_npy(data: ByteSource) -> ArrayLayout:
+    """The layout of the ``.npy`` file ``data`` (no consistency check)."""
+    with open_stream(data) as fp:
+        return read_npy_layout(fp, path=data.name, file_bytes=data.size)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import UsageError
+from .._errors import UsageError
 
 __all__ = ["EpochPlan", "Window", "SHUFFLE_MODES"]
 

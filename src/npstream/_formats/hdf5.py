@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import FormatError, ReadError, UsageError
-from ._layout import ArrayLayout, check_dtype, check_shape, native_dtype
-from ._source import SourceBase
+from .._errors import FormatError, ReadError, UsageError
+from .layout import ArrayLayout, check_dtype, check_shape, native_dtype
+from .source import SourceBase
 
 __all__ = ["HDF5Source", "HDF5_MAGIC", "import_h5py"]
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from typing import BinaryIO
 
-from ._errors import FormatError, UsageError
-from ._layout import ArrayLayout
-from ._npy import read_npy_layout
+from .._errors import FormatError, UsageError
+from .._storage import ByteSource, open_stream
+from .layout import ArrayLayout
+from .npy import read_npy_layout
 
 __all__ = ["describe_npz", "npz_keys"]
 
@@ -28,9 +30,9 @@ _COMPRESSION = {
 }
 
 
-def _open_zip(path: str) -> zipfile.ZipFile:
+def _open_zip(fp: BinaryIO, path: str) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(path)
+        return zipfile.ZipFile(fp)
     except zipfile.BadZipFile as exc:
         raise FormatError(
             f"{path}: not a valid .npz (zip) archive ({exc}); it is corrupt, truncated, or not "
@@ -59,11 +61,11 @@ def _find_member(archive: zipfile.ZipFile, path: str, key: str | None) -> zipfil
     raise UsageError(f"{path}: no array {key!r} in the archive; it holds {keys}")
 
 
-def describe_npz(path: str, key: str | None) -> ArrayLayout:
-    """The layout of member ``key`` of the ``.npz`` at ``path`` (no consistency check)."""
-    with open(path, "rb") as raw:
-        file_bytes = raw.seek(0, 2)
-        archive = _open_zip(path)
+def describe_npz(data: ByteSource, key: str | None) -> ArrayLayout:
+    """The layout of member ``key`` of the ``.npz`` archive ``data`` (no consistency check)."""
+    path, file_bytes = data.name, data.size
+    with open_stream(data) as raw:
+        archive = _open_zip(raw, path)
         with archive:
             info = _find_member(archive, path, key)
             member = info.filename[:-4] if info.filename.endswith(".npy") else info.filename

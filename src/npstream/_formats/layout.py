@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._errors import FormatError
+from .._errors import FormatError
 
 __all__ = ["ArrayLayout", "check_fits", "check_dtype", "native_dtype"]
 

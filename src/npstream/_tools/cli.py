@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import FormatError, NpstreamError
-from ._layout import ArrayLayout, check_fits
-from ._open import describe, expand_paths, sniff_format
+from .._errors import FormatError, NpstreamError
+from .._formats.layout import ArrayLayout, check_fits
+from .._formats.open import describe_bytes, expand_paths, sniff_format
+from .._storage import open_bytes
 
 __all__ = ["main"]
 
@@ -100,11 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for path in paths:
         try:
-            # One --key serves a mixed list: it applies to the .npz and HDF5 files only.
-            key = args.key if args.dtype is None and sniff_format(path) in ("npz", "hdf5") else None
-            layout = describe(
-                path, key=key, dtype=args.dtype, shape=args.shape, offset=args.offset, order=args.order
-            )
+            data = open_bytes(path)
+            try:
+                # One --key serves a mixed list: it applies to the .npz and HDF5 files only.
+                key = args.key if args.dtype is None and sniff_format(data) in ("npz", "hdf5") else None
+                layout = describe_bytes(
+                    data, key=key, dtype=args.dtype, shape=args.shape, offset=args.offset, order=args.order
+                )
+            finally:
+                data.close()
         except (NpstreamError, OSError, ImportError) as exc:
             failed = True
             print(f"npstream: {exc}", file=sys.stderr)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from ._errors import FormatError, UsageError
-from ._file import open_readonly
-from ._layout import ArrayLayout, check_dtype
+from .._errors import FormatError, UsageError
+from .._storage import ByteSource
+from .layout import ArrayLayout, check_dtype
 
 __all__ = ["describe_raw"]
 
@@ -42,7 +41,7 @@ def _as_shape(shape: int | Sequence[int] | None, path: str) -> tuple[int, ...]:
 
 
 def describe_raw(
-    path: str,
+    data: ByteSource,
     *,
     dtype: object,
     shape: int | Sequence[int] | None = None,
@@ -50,6 +49,7 @@ def describe_raw(
     order: str = "C",
 ) -> ArrayLayout:
     """The layout of a headerless file; ``-1`` in ``shape`` is inferred from the file size."""
+    path = data.name
     stored = _as_dtype(dtype, path)
     check_dtype(stored, path)
     if stored.itemsize == 0:
@@ -67,13 +67,7 @@ def describe_raw(
     offset = operator.index(offset)
     if offset < 0:
         raise UsageError(f"{path}: offset must be >= 0, got {offset}")
-    # Opened, not stat-ed: a directory or unreadable path fails here with the OSError that says so,
-    # not later as a size that "is not a whole number of rows".
-    fd = open_readonly(path)
-    try:
-        file_bytes = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+    file_bytes = data.size
     if -1 in dims:
         known = math.prod(n for n in dims if n != -1) * stored.itemsize
         body = file_bytes - offset

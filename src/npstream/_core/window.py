@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._plan import EpochPlan
-from ._pool import BufferPool, aligned_empty
-from ._reader import gather_rows, read_segments
-from ._source import ArraySource
+from .._formats.source import ArraySource
+from .plan import EpochPlan
+from .pool import BufferPool, aligned_empty
+from .reader import gather_rows, read_segments
 
 __all__ = ["Leaf", "WindowReader", "leaf_tree"]
 

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._errors import UsageError
+from .._errors import UsageError
 
 __all__ = ["ArraySource", "SourceBase"]
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._errors import FormatError
-from ._source import ArraySource, SourceBase
+from .._errors import FormatError
+from .source import ArraySource, SourceBase
 
 __all__ = ["ConcatSource"]
 
