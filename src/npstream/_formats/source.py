@@ -32,6 +32,8 @@ class ArraySource(Protocol):
     * Sources never write to their files, and are picklable: the copy reopens the file in the
       receiving process (fork and spawn both work).
     * ``chunk_rows`` is the natural read granularity (1 unless the format stores chunks).
+    * ``read_rows(rows, out)`` reads scattered rows (sorted, unique) into ``out`` in that order;
+      sources choose how (merged runs, covering ranges, each chunk once).
     """
 
     @property
@@ -46,6 +48,8 @@ class ArraySource(Protocol):
     def __len__(self) -> int: ...
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray: ...
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -77,6 +81,28 @@ class SourceBase:
             self._check_out(out, rows)
         if rows and out.nbytes:
             self._read_into(start, stop, out)
+        return out
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill ``out[j]`` with row ``rows[j]``; ``rows`` is sorted ascending without repeats.
+
+        The default reads each run of consecutive rows with one ``read``; formats with a coarser
+        granularity (pages, chunks, remote requests) override it to read what they must once.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_out(out, len(rows))
+        if not len(rows):
+            return out
+        if rows[0] < 0 or rows[-1] >= len(self):
+            raise UsageError(
+                f"{self.name}: rows {int(rows[0])}..{int(rows[-1])} are not within the array's "
+                f"{len(self)} rows"
+            )
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        stops = np.concatenate((breaks, [len(rows)])).tolist()
+        for first, last in zip(starts, stops, strict=True):
+            self.read(int(rows[first]), int(rows[last - 1]) + 1, out[first:last])
         return out
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
