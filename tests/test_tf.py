@@ -3,8 +3,8 @@
 Most files here hold rows that encode their own index (column 0 of an int64 array, or a float
 derived from it), so every batch can be checked for which rows it holds and that their contents
 are intact. Orders are compared with :class:`~npstream._core.plan.EpochPlan` built exactly as the
-adapter builds it (``_plan_sizes``) where the test is about seeds; everything else is checked
-against numpy alone.
+core builds it (``make_plan``) where the test is about seeds; everything else is checked against
+numpy alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ tf = pytest.importorskip("tensorflow")
 import npstream  # noqa: E402
 import npstream.tf as ntf  # noqa: E402
 from npstream import UsageError  # noqa: E402
-from npstream._core.plan import EpochPlan  # noqa: E402
+from npstream._core import stream as core  # noqa: E402
+from npstream._core.plan import EpochPlan, epoch_seed  # noqa: E402
 from npstream._units import parse_bytes  # noqa: E402
 
 pytestmark = pytest.mark.tf
@@ -84,19 +85,13 @@ def index_of(rows: np.ndarray) -> np.ndarray:
 
 def plan_for(path: str, batch_size: int, shuffle, memory_budget, **kwargs) -> EpochPlan:
     """The plan ``ntf.dataset`` builds for these arguments (white box, for seed tests)."""
-    return ntf.make_plan([npstream.open(path)], batch_size=batch_size, mode=MODE_NAMES[shuffle],
-                         budget=parse_bytes(memory_budget), **kwargs)  # fmt: skip
+    return core.make_plan([npstream.open(path)], batch_size=batch_size, mode=MODE_NAMES[shuffle],
+                          budget=parse_bytes(memory_budget), **kwargs)  # fmt: skip
 
 
-def epoch_seeds(mode: str, seed: int, count: int) -> list[int]:
-    """The epoch seeds the adapter draws: the first element of ``_epoch_seeds`` on each iteration.
-
-    The adapter builds that (endless) dataset once and iterates it anew every epoch, using only
-    its first seed; each iteration draws a new one (a second ``_epoch_seeds`` dataset would start
-    the sequence over).
-    """
-    seeds = ntf._epoch_seeds(tf, mode, seed)
-    return [int(next(iter(seeds))) for _ in range(count)]  # a fresh iteration each time
+def epoch_seeds(seed: int, count: int) -> list[int]:
+    """The plan seeds of epochs 0, 1, ...: a function of ``(seed, epoch)`` alone, in every adapter."""
+    return [epoch_seed(seed, e) for e in range(count)]
 
 
 def budget(shuffle, rows: int = 1000, window_rows: int = 32, row_bytes: int = 16) -> int:
@@ -106,7 +101,7 @@ def budget(shuffle, rows: int = 1000, window_rows: int = 32, row_bytes: int = 16
     row for its permutation, which must fit in a quarter of the budget.
     """
     permutation = 4 * rows if shuffle == "global" else 0
-    return max(window_rows * row_bytes * ntf.WINDOWS_ALIVE + permutation, 4 * permutation)
+    return max(window_rows * row_bytes * core.WINDOWS_ALIVE + permutation, 4 * permutation)
 
 
 def pearson(order: np.ndarray) -> float:
@@ -121,8 +116,8 @@ def small_blocks(monkeypatch) -> None:
     block shuffle would never read a block of several rows; with it, the small files here hold
     multi-row blocks, and many of them (see ``test_small_blocks_gives_many_multi_row_blocks``).
     """
-    monkeypatch.setattr(ntf, "BLOCK_BYTES", 512)
-    monkeypatch.setattr(ntf, "MIN_BLOCKS", 8)
+    monkeypatch.setattr(core, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(core, "MIN_BLOCKS", 8)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +252,7 @@ def test_unsupported_dtypes_raise(tf_tmp) -> None:
 def test_unshuffled_is_file_order(tf_tmp) -> None:
     array = np.random.default_rng(0).standard_normal((1003, 5)).astype(np.float32)
     path = save(tf_tmp, "plain.npy", array)
-    for budget in ("256MB", 5 * 4 * ntf.WINDOWS_ALIVE * 16):
+    for budget in ("256MB", 5 * 4 * core.WINDOWS_ALIVE * 16):
         batches = epoch(ntf.dataset(path, batch_size=16, memory_budget=budget))
         assert [len(b) for b in batches] == [16] * 62 + [11]
         np.testing.assert_array_equal(np.concatenate(batches), np.load(path))
@@ -359,14 +354,14 @@ def test_seeds(indexed_file: str, shuffle, small_blocks) -> None:
     assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[1], a[2])
     repeated = index_of(np.concatenate(epoch(ntf.dataset(indexed_file, **kwargs).repeat(3))))
     np.testing.assert_array_equal(repeated, np.concatenate(a))
-    # Each epoch is the plan's order for the epoch seed _epoch_seeds draws on that iteration.
+    # Each epoch is the plan's order for the seed of that epoch number.
     plan = plan_for(indexed_file, 20, shuffle, budget(shuffle, window_rows=40))
     # small_blocks: 16-byte rows in blocks of min(ceil(512 / 16), 1000 // 8) = 32 rows.
     assert plan.num_windows > 4 and plan.block_rows == 32
-    seeds = epoch_seeds(MODE_NAMES[shuffle], 1234, 3)
+    seeds = epoch_seeds(1234, 3)
     assert len(set(seeds)) == 3
-    for order, epoch_seed in zip(a, seeds, strict=True):
-        np.testing.assert_array_equal(order, plan.epoch_order(epoch_seed))
+    for order, seed_of_epoch in zip(a, seeds, strict=True):
+        np.testing.assert_array_equal(order, plan.epoch_order(seed_of_epoch))
     other = index_of(np.concatenate(epoch(ntf.dataset(indexed_file, **{**kwargs, "seed": 1235}))))
     assert not np.array_equal(other, a[0])
 
@@ -413,10 +408,10 @@ def block_epochs(path: str, epochs: int, batch_size: int) -> list[np.ndarray]:
 
 def test_block_shuffle_is_uncorrelated_with_position(big_file: str, monkeypatch) -> None:
     """Many blocks and many windows: the mixing itself leaves no trend (blocks of 1 KiB here)."""
-    monkeypatch.setattr(ntf, "BLOCK_BYTES", 1024)
-    block_rows, window_rows = ntf._plan_sizes([npstream.open(big_file)], 256, parse_bytes("1MB"), "block")
+    monkeypatch.setattr(core, "BLOCK_BYTES", 1024)
+    block_rows, window_rows = core.plan_sizes([npstream.open(big_file)], 256, parse_bytes("1MB"), "block")
     # 3125 blocks of 64 rows; windows of a WINDOWS_ALIVE-th of 1 MiB: 33 of 6144 rows
-    assert block_rows == 64 and window_rows == (1 << 20) // ntf.WINDOWS_ALIVE // 16 // 256 * 256
+    assert block_rows == 64 and window_rows == (1 << 20) // core.WINDOWS_ALIVE // 16 // 256 * 256
     for order in block_epochs(big_file, 2, 256):
         np.testing.assert_array_equal(np.sort(order), np.arange(200_000))
         assert abs(pearson(order)) < 0.1
@@ -438,7 +433,7 @@ class StandIn:
 
 
 def block_rows_of(*sources) -> int:
-    return ntf._plan_sizes(list(sources), 4, parse_bytes("256MB"), "block")[0]
+    return core.plan_sizes(list(sources), 4, parse_bytes("256MB"), "block")[0]
 
 
 def test_block_shuffle_reads_whole_megabyte_blocks(tf_tmp, big_file: str) -> None:
@@ -446,8 +441,8 @@ def test_block_shuffle_reads_whole_megabyte_blocks(tf_tmp, big_file: str) -> Non
 
     Either way a block is a whole number of HDF5 chunks, and sized by the narrowest source.
     """
-    mib = ntf.BLOCK_BYTES
-    assert mib == 1 << 20 and ntf.MIN_BLOCKS == 1024
+    mib = core.BLOCK_BYTES
+    assert mib == 1 << 20 and core.MIN_BLOCKS == 1024
     # 16-byte rows: a MiB is 65,536 rows, and files of 1024 MiB blocks (1 GiB) or more get that.
     for rows in (1024 * 65_536, 1024 * 65_536 + 1, 3 * 1024 * 65_536, 10**12):
         assert block_rows_of(StandIn(rows, (2,), "<i8")) == 65_536
@@ -501,8 +496,8 @@ def test_block_shuffle_reads_whole_megabyte_blocks(tf_tmp, big_file: str) -> Non
 
 def test_block_shuffle_is_uncorrelated_with_real_block_size(big_file: str) -> None:
     """The real sizes: the 3.2 MB file gets 1026 blocks of 195 rows, read in 33 windows."""
-    window_rows = (1 << 20) // ntf.WINDOWS_ALIVE // 16 // 2048 * 2048
-    assert ntf._plan_sizes([npstream.open(big_file)], 2048, parse_bytes("1MB"), "block") == (195, window_rows)
+    window_rows = (1 << 20) // core.WINDOWS_ALIVE // 16 // 2048 * 2048
+    assert core.plan_sizes([npstream.open(big_file)], 2048, parse_bytes("1MB"), "block") == (195, window_rows)
     assert window_rows == 6144
     orders = block_epochs(big_file, 5, 2048)
     for order in orders:
@@ -724,8 +719,8 @@ def test_small_blocks_gives_many_multi_row_blocks(
     cases += [[x] for x, _ in other_sources.values()]
     cases += [[x, y] for x, y in other_sources.values() if y is not None]
     for case in cases:
-        sources = [ntf._as_source(item) for item in case]
-        block_rows, _ = ntf._plan_sizes(sources, 8, parse_bytes("256MB"), "block")
+        sources = [core.as_source(item) for item in case]
+        block_rows, _ = core.plan_sizes(sources, 8, parse_bytes("256MB"), "block")
         assert block_rows > 1 and math.ceil(len(sources[0]) / block_rows) >= 8, (case, block_rows)
 
 
@@ -795,8 +790,8 @@ def test_batch_too_big_for_the_budget(tf_tmp) -> None:
     path = save(tf_tmp, "wide.npy", np.zeros((100, 1024), np.uint8))
     # One batch of 1000 rows of 1 KiB is ~1 MiB; WINDOWS_ALIVE of them must fit in the budget.
     with pytest.raises(UsageError, match=r"batch.*memory_budget"):
-        ntf.dataset(path, batch_size=1000, memory_budget=ntf.WINDOWS_ALIVE * 1024_000 - 1)
-    ntf.dataset(path, batch_size=1000, memory_budget=ntf.WINDOWS_ALIVE * 1024_000)
+        ntf.dataset(path, batch_size=1000, memory_budget=core.WINDOWS_ALIVE * 1024_000 - 1)
+    ntf.dataset(path, batch_size=1000, memory_budget=core.WINDOWS_ALIVE * 1024_000)
     with pytest.raises(UsageError, match="global"):
         ntf.dataset(save(tf_tmp, "long.npy", np.zeros(300_000, np.uint8)), batch_size=1, shuffle="global",
                     memory_budget="1MB")  # fmt: skip
@@ -829,3 +824,34 @@ def test_bad_data(indexed_file: str) -> None:
     for data in (5, (), {}, None, (indexed_file, 3)):
         with pytest.raises(UsageError):
             ntf.dataset(data, batch_size=4)
+
+
+# -- one order for every adapter ---------------------------------------------------------------
+@pytest.mark.parametrize("shuffle", MODES)
+def test_same_batches_as_the_neutral_core(other_sources: dict, shuffle, small_blocks) -> None:
+    """tf == ``npstream.batches``, batch for batch, over several epochs, sharded, tuple elements."""
+    x, y = other_sources["npz"]
+    for shard in range(2):
+        kwargs = dict(batch_size=32, shuffle=shuffle, seed=77, num_shards=2, shard_index=shard,
+                      memory_budget=budget(shuffle, 1500, 96, 28))  # fmt: skip
+        ds = ntf.dataset((x, y), **kwargs)
+        core_batches = npstream.batches((x, y), **kwargs)
+        assert int(ds.cardinality()) == len(core_batches)
+        for _ in range(3):
+            got = epoch(ds)
+            expected = list(core_batches)
+            assert len(got) == len(expected)
+            for (a, b), (c, d) in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a, c)
+                np.testing.assert_array_equal(b, d)
+
+
+def test_set_epoch_and_memory_budget(indexed_file: str) -> None:
+    ds = ntf.dataset(indexed_file, batch_size=50, shuffle=True, seed=4, memory_budget="2MB")
+    assert ds.memory_budget == 2 << 20
+    core_batches = npstream.batches(indexed_file, batch_size=50, shuffle=True, seed=4, memory_budget="2MB")
+    core_batches.set_epoch(5)
+    ds.set_epoch(5)
+    np.testing.assert_array_equal(np.concatenate(epoch(ds)), np.concatenate(list(core_batches)))
+    np.testing.assert_array_equal(np.concatenate(epoch(ds)), np.concatenate(list(core_batches)))  # 6
+    assert ntf.dataset(indexed_file, batch_size=50).memory_budget >= core.AUTO_MIN_BUDGET // 4

@@ -33,6 +33,7 @@ tf = pytest.importorskip("tensorflow")
 import npstream  # noqa: E402
 import npstream.tf as ntf  # noqa: E402
 from npstream import UsageError  # noqa: E402
+from npstream._core.stream import WINDOWS_ALIVE  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -455,8 +456,8 @@ def byte_rows(tmp_path_factory) -> str:
     ],
 )
 def test_batch_too_big_for_the_budget(byte_rows, extra_rows):
-    # The budget holds ntf.WINDOWS_ALIVE windows of at least a batch each.
-    batch_size = (10 << 20) // ntf.WINDOWS_ALIVE + extra_rows
+    # The budget holds WINDOWS_ALIVE windows of at least a batch each.
+    batch_size = (10 << 20) // WINDOWS_ALIVE + extra_rows
     message = refused(
         byte_rows, [f"one batch of {batch_size} rows", "memory_budget", "batch_size"],
         batch_size=batch_size, memory_budget="2MB",

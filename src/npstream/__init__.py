@@ -2,10 +2,12 @@
 
 ``npstream.open`` reads ``.npy`` (every header version), raw binary, ``.npz`` members, HDF5
 datasets and lists or globs of shards, with explicit positional reads into caller buffers:
-no memory maps, no loading. ``npstream.tf`` turns any source into a ``tf.data.Dataset``;
-importing ``npstream`` alone never imports TensorFlow or h5py.
+no memory maps, no loading. ``npstream.batches`` streams any of them as numpy batches (seeded
+shuffles, shards, exact resume); ``npstream.tf`` turns them into a ``tf.data.Dataset``.
+Importing ``npstream`` alone never imports a framework or h5py.
 """
 
+from ._core.batches import Batches, batches
 from ._errors import FormatError, NpstreamError, ReadError, UsageError
 from ._formats.concat import ConcatSource
 from ._formats.file import FileSource
@@ -17,6 +19,7 @@ from ._formats.source import ArraySource
 __all__ = [
     "ArrayLayout",
     "ArraySource",
+    "Batches",
     "ConcatSource",
     "FileSource",
     "FormatError",
@@ -24,6 +27,7 @@ __all__ = [
     "NpstreamError",
     "ReadError",
     "UsageError",
+    "batches",
     "open",
 ]
 

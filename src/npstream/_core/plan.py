@@ -20,7 +20,9 @@ batches of an epoch then wait only for small reads); a final partial batch, if a
 of its own. A window is what one call reads: its rows come from a few large contiguous
 ``segments``; in block mode they are then mixed by a seeded permutation of the window, so rows of
 different blocks share batches. Each window's batches are its rows in order, ``batch_size`` at a
-time. Everything here is a function of its arguments and an integer ``epoch_seed``.
+time. Everything here is a function of its arguments and an integer ``epoch_seed``; the seed of
+epoch ``e`` of a stream seeded ``seed`` is :func:`epoch_seed` ``(seed, e)``, the same in every
+adapter.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from .._errors import UsageError
 
-__all__ = ["EpochPlan", "Window", "SHUFFLE_MODES"]
+__all__ = ["SHUFFLE_MODES", "EpochPlan", "Window", "epoch_seed"]
 
 SHUFFLE_MODES = ("none", "block", "global")
 
@@ -52,6 +54,12 @@ class Window:
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([k & 0xFFFFFFFFFFFFFFFF for k in key]))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The ``epoch_seed`` of epoch ``epoch`` (0, 1, ...) of a stream seeded ``seed``."""
+    words = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch, 3]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +159,21 @@ class EpochPlan:
         if first >= full_stop:  # the final partial batch, a window of its own
             return full_stop, stop
         return first, min(first + self.window_rows, full_stop)
+
+    def window_of_batch(self, batch: int) -> tuple[int, int]:
+        """``(window, batches before it in that window)`` for batch ``batch`` of the epoch."""
+        if not 0 <= batch < self.num_batches:
+            raise UsageError(f"batch {batch} is not in [0, {self.num_batches})")
+        position = self.part[0] + batch * self.batch_size
+        low, high = 0, self.num_windows - 1
+        while low < high:  # the last window starting at or before the position
+            middle = (low + high + 1) // 2
+            if self.window_bounds(middle)[0] <= position:
+                low = middle
+            else:
+                high = middle - 1
+        first, _ = self.window_bounds(low)
+        return low, (position - first) // self.batch_size
 
     # -- the order ---------------------------------------------------------------------------
     def window(self, epoch_seed: int, window: int) -> Window:

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["ALIGN", "BufferPool", "aligned_empty"]
+__all__ = ["ALIGN", "BufferPool", "aligned_batches", "aligned_empty"]
 
 ALIGN = 64
 
@@ -28,6 +28,24 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
     skip = -owner.ctypes.data % ALIGN
     return owner[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_batches(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised ``(batches, batch_rows, ...)`` array in which every batch is aligned.
+
+    Batches whose size is a multiple of ``ALIGN`` are simply consecutive (a C-contiguous
+    array); otherwise each batch starts ``ALIGN``-aligned after some padding, and only each
+    ``array[k]`` is contiguous.
+    """
+    batch_bytes = math.prod(shape[1:]) * dtype.itemsize
+    if batch_bytes % ALIGN == 0 or shape[0] <= 1:
+        return aligned_empty(shape, dtype)
+    stride = -(-batch_bytes // ALIGN) * ALIGN
+    padded = aligned_empty((shape[0], stride), np.dtype(np.uint8))
+    inner = [dtype.itemsize]  # C-order strides of one batch, innermost first
+    for n in reversed(shape[2:]):
+        inner.insert(0, inner[0] * n)
+    return np.ndarray(shape, dtype=dtype, buffer=padded, strides=(stride, *inner[: len(shape) - 1]))
 
 
 class BufferPool:
@@ -45,15 +63,16 @@ class BufferPool:
         self._lock = threading.Lock()
         self._free: dict[tuple, list[tuple[np.ndarray, tuple[int, int]]]] = {}
 
-    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        key = (shape, dtype.str if dtype.names is None else str(dtype.descr))
+    def get(self, shape: tuple[int, ...], dtype: np.dtype, align_batches: bool = False) -> np.ndarray:
+        """A buffer of ``shape``; with ``align_batches``, laid out by :func:`aligned_batches`."""
+        key = (shape, dtype.str if dtype.names is None else str(dtype.descr), align_batches)
         with self._lock:
             entries: list[tuple[np.ndarray, tuple[int, int]]] = self._free.setdefault(key, [])
             for view, idle in entries:
                 # Idle: referenced by the pool alone, and no other view of its memory exists.
                 if (sys.getrefcount(view), sys.getrefcount(view.base)) == idle:
                     return view
-            view = aligned_empty(shape, dtype)
+            view = aligned_batches(shape, dtype) if align_batches else aligned_empty(shape, dtype)
             if len(entries) < self.keep:
                 # Counted as the loop above will count an idle entry: the list's tuple (+1), a
                 # local name and getrefcount's argument.

@@ -10,11 +10,15 @@ and the kernel's readahead keeps a cold disk busy; scattered blocks (block shuff
 eight, as a cold disk needs several requests in flight (about 0.5 GB/s with one, 1.0-1.3 with
 4-8 measured here).
 
-The threads are one ``concurrent.futures`` pool per process, started on first use and reused.
-Not threads per call: reads are issued from TensorFlow's threads, and a thread started there
-just as the interpreter exits may never run, leaving the caller (and TensorFlow's iterator
-destructor, which waits for the caller) blocked forever. The pool's own exit hook finishes
-every read already submitted and refuses later ones with an error instead.
+Destinations are ``(batches, batch_rows, *row_shape)`` arrays. Usually contiguous; an adapter
+that wants every batch to start on a 64-byte boundary passes a view with padding between
+batches, and reads are then split at batch boundaries (each batch is contiguous on its own).
+
+The threads are one pool of daemon threads per process (:class:`ThreadPool`), started on first
+use and reused. Not threads per call: reads are issued from framework threads, and a thread
+started there just as the interpreter exits may never run. Not ``concurrent.futures``' pool
+either: its exit hook refuses new work before ``atexit`` runs, so a read still in progress at
+exit failed with "cannot schedule new futures after interpreter shutdown".
 """
 
 from __future__ import annotations
@@ -22,19 +26,102 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future
 
 import numpy as np
 
 from .._formats.source import ArraySource
 
-__all__ = ["CONTIGUOUS_STREAMS", "IO_THREADS", "PIECE_BYTES", "gather_rows", "read_segments"]
+__all__ = [
+    "CONTIGUOUS_STREAMS",
+    "IO_THREADS",
+    "PIECE_BYTES",
+    "ThreadPool",
+    "gather_rows",
+    "in_parallel",
+    "read_segments",
+]
 
 IO_THREADS = 8
 PIECE_BYTES = 8 << 20
 CONTIGUOUS_STREAMS = 4
+
+
+class ThreadPool:
+    """A fixed set of daemon threads running submitted callables; ``submit`` returns a Future.
+
+    A pool inherited through fork has no threads in the child: ``submit`` there starts new ones.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self.threads = threads
+        self.name = name
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[[], object]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()
+                for i in range(self.threads):
+                    threading.Thread(target=self._work, args=(self._queue,), name=f"{self.name}-{i}",
+                                     daemon=True).start()  # fmt: skip
+                self._pid = os.getpid()
+            self._queue.put((future, fn))
+        return future
+
+    @staticmethod
+    def _work(work: queue.SimpleQueue) -> None:
+        while True:
+            future, fn = work.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to whoever waits for the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn
+
+
+_io_pool = ThreadPool(IO_THREADS, "npstream-io")
+
+
+def in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run ``jobs``, the first on the calling thread and the rest on the I/O pool; wait for all.
+
+    An error raised by any job is re-raised here, unchanged, after every job has stopped (so no
+    thread still writes into a buffer the caller is about to reuse or hand on).
+    """
+    if len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    futures = [_io_pool.submit(job) for job in jobs[1:]]
+    first_error: BaseException | None = None
+    try:
+        jobs[0]()
+    except BaseException as exc:
+        first_error = exc
+    for future in futures:
+        error = future.exception()  # waits
+        if error is not None and first_error is None:
+            first_error = error
+    if first_error is not None:
+        raise first_error
+
+
+def _flat(out: np.ndarray) -> np.ndarray | None:
+    """``out`` as ``(rows, *row_shape)`` when that is a view (no padding between batches)."""
+    if out.flags.c_contiguous:
+        return out.reshape(-1, *out.shape[2:])
+    return None
 
 
 def _tasks(segments: np.ndarray, row_bytes: int) -> list[list[tuple[int, int, int]]]:
@@ -68,63 +155,52 @@ def _tasks(segments: np.ndarray, row_bytes: int) -> list[list[tuple[int, int, in
 
 
 def _run(source: ArraySource, task: Sequence[tuple[int, int, int]], out: np.ndarray) -> None:
+    flat = _flat(out)
+    batch_rows = out.shape[1]
     for start, stop, out_row in task:
-        source.read(start, stop, out[out_row : out_row + stop - start])
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
-_pool_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
-    with _pool_lock:
-        # A pool inherited through fork has no threads in the child: start a new one.
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="npstream-io")
-            _pool_pid = os.getpid()
-        return _pool
-
-
-def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
-    """Run ``jobs``, the first on the calling thread and the rest on the pool; wait for all.
-
-    An error raised by any job is re-raised here, unchanged, after every job has stopped (so no
-    thread still writes into a buffer the caller is about to reuse or hand on).
-    """
-    if len(jobs) <= 1:
-        for job in jobs:
-            job()
-        return
-    pool = _executor()
-    futures = [pool.submit(job) for job in jobs[1:]]
-    try:
-        jobs[0]()
-    finally:
-        wait(futures)
-    for future in futures:
-        error = future.exception()
-        if error is not None:
-            raise error
+        if flat is not None:
+            source.read(start, stop, flat[out_row : out_row + stop - start])
+            continue
+        while start < stop:  # padded batches: one read per batch the rows land in
+            batch, row = divmod(out_row, batch_rows)
+            take = min(stop - start, batch_rows - row)
+            source.read(start, start + take, out[batch, row : row + take])
+            start, out_row = start + take, out_row + take
 
 
 def read_segments(source: ArraySource, segments: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Fill ``out`` with rows ``segments[0]``, then ``segments[1]``, ...; ``segments`` is ``(k, 2)``."""
-    row_bytes = out.nbytes // len(out) if len(out) else 0
+    """Fill ``out`` with rows ``segments[0]``, then ``segments[1]``, ...; ``segments`` is ``(k, 2)``.
+
+    ``out`` is ``(batches, batch_rows, *row_shape)``; see the module docstring.
+    """
+    rows = out.shape[0] * out.shape[1]
+    row_bytes = out.dtype.itemsize * int(np.prod(out.shape[2:], dtype=np.int64))
+    if not rows:
+        return out
     tasks = _tasks(np.asarray(segments, dtype=np.int64).reshape(-1, 2), row_bytes)
-    _in_parallel([functools.partial(_run, source, task, out) for task in tasks])
+    in_parallel([functools.partial(_run, source, task, out) for task in tasks])
     return out
 
 
 def gather_rows(values: np.ndarray, order: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[j] = values[order[j]]``, split across the I/O threads (numpy releases the GIL)."""
+    """``out`` (``(batches, batch_rows, ...)``) row ``j`` = ``values[order[j]]``, on the I/O threads.
+
+    numpy releases the GIL while it copies, so the parts run in parallel.
+    """
+    batch_rows = out.shape[1]
+    flat = _flat(out)
     parts = min(IO_THREADS, max(1, out.nbytes // PIECE_BYTES))
-    bounds = np.linspace(0, len(out), parts + 1).astype(np.int64).tolist()
+    if flat is not None:
+        bounds = np.linspace(0, len(flat), parts + 1).astype(np.int64).tolist()
+        pieces = [(flat[a:b], order[a:b]) for a, b in itertools.pairwise(bounds)]
+    else:
+        pieces = [(out[k], order[k * batch_rows : (k + 1) * batch_rows]) for k in range(out.shape[0])]
 
-    def take(first: int, last: int) -> None:
-        # mode="clip" lets numpy write straight into `out` (mode="raise" buffers it)
-        np.take(values, order[first:last], axis=0, out=out[first:last], mode="clip")
+    def take(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for target, indices in pairs:
+            # mode="clip" lets numpy write straight into `target` (mode="raise" buffers it)
+            np.take(values, indices, axis=0, out=target, mode="clip")
 
-    _in_parallel([functools.partial(take, a, b) for a, b in itertools.pairwise(bounds)])
+    groups = [pieces[i::parts] for i in range(min(parts, len(pieces)))]
+    in_parallel([functools.partial(take, group) for group in groups])
     return out
