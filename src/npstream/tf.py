@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._core.readahead import ReadAhead
+from ._core.readahead import ReadAhead, shutdown
 from ._core.stream import StreamSpec, make_stream
 from ._core.window import WindowReader
 from ._errors import UsageError
@@ -106,6 +106,7 @@ def _release_iterators() -> None:
 
 
 def _at_exit() -> None:
+    shutdown()  # reads waiting for windows end now, so the iterators below can be destroyed
     _release_iterators()
     _in_flight.drain()
 
@@ -160,13 +161,12 @@ class _Reader:
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
         self.windows = WindowReader(spec)
-        self.ahead = ReadAhead(self._read, spec.plan.num_windows)
+        self.strings = [i for i, leaf in enumerate(spec.leaves) if leaf.dtype.kind == "U"]
+        self.ahead = ReadAhead(self.windows, finish=self._encode if self.strings else None)
         self.lock = threading.Lock()
         self.next_epoch = 0
-        self.strings = [i for i, leaf in enumerate(spec.leaves) if leaf.dtype.kind == "U"]
 
-    def _read(self, epoch: int, window: int) -> list[np.ndarray]:
-        leaves = self.windows.read(epoch, window)
+    def _encode(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         for i in self.strings:  # TensorFlow strings are bytes: hand on utf-8 (sizes vary)
             leaves[i] = np.char.encode(leaves[i], "utf-8")
         return leaves

@@ -40,7 +40,7 @@ class Batches:
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
         self._reader = WindowReader(spec, align_batches=True)
-        self._ahead = ReadAhead(self._reader.read, spec.plan.num_windows)
+        self._ahead = ReadAhead(self._reader)
         self._next_epoch = 0
         self._next_batch = 0
         self._position: tuple[int, int] | None = None  # (epoch, batches yielded) of the latest iteration

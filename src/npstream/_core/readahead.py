@@ -1,93 +1,257 @@
-"""Reading windows ahead of their consumer.
+"""Reading windows ahead of their consumer, as one continuous stream of pieces.
 
-Adapters ask for windows by key, ``(epoch, window)``: TensorFlow's pipeline asks statelessly
-(it owns the position, for checkpoints), the neutral iterator asks in order. Both mostly ask for
-the window after the last one, so :class:`ReadAhead` reads the next ``ahead`` keys in the
-background while the consumer works through the current window, and hands over a window that
-is already read. A key nobody predicted (a restored checkpoint, a new epoch number, a second
-iterator) is read on demand and becomes the new point to read ahead from; predictions nobody
-asks for are dropped, bounded by ``max_slots``.
+Adapters ask for windows by key, ``(epoch, window)``: TensorFlow's pipeline asks statelessly (it
+owns the position, for checkpoints), the neutral iterator asks in order. Both mostly ask for the
+window after the last one, so :class:`ReadAhead` starts the following windows in the background
+and hands over windows that are already read. What to read next is decided by the pure
+:class:`~npstream._core.schedule.ReadQueue`; this module only executes its decisions on the I/O
+threads: plan a window (:meth:`WindowReader.prepare`), read its pieces, finish it (reorder,
+split into leaves, an adapter's ``finish`` hook), hand it over.
 
-What to read next is decided here; how each window's bytes are read (pieces, threads, requests
-in flight) is the reader's business (:mod:`~npstream._core.window`, :mod:`~npstream._core.reader`).
+Because pieces of the following windows are issued while a window's last pieces are still in
+flight, the disk sees the same number of requests at every moment, window boundaries included.
+A consumer slower than the disk stops the reading when the started windows fill ``ahead_bytes``
+(a share of the memory budget); a window the consumer waits for goes before everything else.
+
+A key nobody predicted (a restored checkpoint, a new epoch, a second iterator) is read on demand
+and becomes the new point to read ahead from. A read made ahead that failed (perhaps while a
+fault has since cleared) is retried once when the consumer asks for it; that read's error, if
+any, is raised to the consumer. At interpreter exit (:func:`shutdown`), waiting consumers get an
+error at once instead of waiting for reads, so exit stays prompt.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
 
-from .reader import ThreadPool
+import numpy as np
 
-__all__ = ["ReadAhead"]
+from .reader import io_pool
+from .schedule import Entry, Piece, ReadQueue
+from .window import WindowJob, WindowReader
+
+__all__ = ["AHEAD_SHARE", "MAX_AHEAD_WINDOWS", "ReadAhead", "shutdown"]
+
+AHEAD_SHARE = 0.5
+"""Share of the memory budget that windows read ahead (with their scratch buffers) may hold;
+the rest is for windows handed on: in TensorFlow's buffers, being sliced, held by the consumer."""
+MAX_AHEAD_WINDOWS = 8
+"""Windows started ahead at most, however small (the first windows of an epoch are ~1 MB)."""
 
 Key = tuple[int, int]
 
-_window_pool = ThreadPool(4, "npstream-window")
+_live: weakref.WeakSet[ReadAhead] = weakref.WeakSet()
+_closing = False
+
+
+class _Slot:
+    """What the executor keeps for one started window."""
+
+    __slots__ = ("done", "error", "job", "leaves")
+
+    def __init__(self) -> None:
+        self.job: WindowJob | None = None
+        self.leaves: list[np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class ReadAhead:
-    """``get((epoch, window))`` with the following windows read in the background."""
+    """``get(epoch, window)`` -> the window's leaves, with the following windows read ahead."""
 
     def __init__(
         self,
-        read: Callable[[int, int], object],
-        num_windows: int,
+        reader: WindowReader,
         *,
-        ahead: int = 2,
+        finish: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+        ahead_bytes: int | None = None,
+        max_windows: int = MAX_AHEAD_WINDOWS,
         next_epoch: bool = True,
     ) -> None:
-        self._read = read
-        self.num_windows = num_windows
-        self.ahead = ahead
+        self.reader = reader
+        self.profile = reader.profile
+        self._finish_hook = finish
+        plan = reader.spec.plan
+        self.num_windows = plan.num_windows
         self.next_epoch = next_epoch
-        self.max_slots = 2 * ahead
-        self._lock = threading.Lock()
-        self._slots: OrderedDict[Key, Future] = OrderedDict()
+        if ahead_bytes is None:
+            ahead_bytes = int(reader.spec.memory_budget * AHEAD_SHARE)
+        self._ahead_bytes = ahead_bytes
+        self._max_windows = max_windows
+        self._lock = threading.Condition()
+        self._new_queue()
+        _live.add(self)
 
-    def _following(self, key: Key) -> list[Key]:
-        keys = []
+    def _new_queue(self) -> None:
+        self._pid = os.getpid()
+        self._queue = ReadQueue(
+            self._successor,
+            lambda key: self.reader.window_bytes(key[1]),
+            ahead_bytes=self._ahead_bytes,
+            max_windows=self._max_windows,
+        )
+        self._slots: dict[Entry, _Slot] = {}
+
+    def _successor(self, key: Key) -> Key | None:
         epoch, window = key
-        for _ in range(self.ahead):
-            window += 1
-            if window >= self.num_windows:
-                if not self.next_epoch:
-                    break
-                epoch, window = epoch + 1, 0
-            keys.append((epoch, window))
-        return keys
+        if window + 1 < self.num_windows:
+            return epoch, window + 1
+        return (epoch + 1, 0) if self.next_epoch and self.num_windows else None
 
-    def _submit(self, key: Key) -> Future:
-        return _window_pool.submit(lambda: self._read(*key))
+    def _limit(self, piece: object) -> int:
+        assert isinstance(piece, Piece)
+        return self.profile.scattered_in_flight if piece.rows is not None else self.profile.in_flight
 
-    def get(self, epoch: int, window: int) -> object:
-        """Window ``window`` of epoch ``epoch``, as ``read`` returns it; its errors are raised here."""
+    # -- the consumer ------------------------------------------------------------------------
+    def get(self, epoch: int, window: int) -> list[np.ndarray]:
+        """Window ``window`` of epoch ``epoch`` (its leaves); its read's errors are raised here."""
         key = (epoch, window)
         with self._lock:
-            future = self._slots.pop(key, None)
-            predicted = future is not None
-            if future is None:
-                future = self._submit(key)
-            wanted = self._following(key)
-            for following in wanted:
-                if following in self._slots:
-                    self._slots.move_to_end(following)
-                else:
-                    self._slots[following] = self._submit(following)
-            while len(self._slots) > self.max_slots:  # oldest predictions first
-                self._slots.popitem(last=False)
-        try:
-            return future.result()
-        except Exception:
-            if not predicted:
-                raise
-        # A read made ahead failed (perhaps while a fault since cleared): read again now, and
-        # let that read's error, if any, be the answer.
-        return self._read(*key)
+            if self._pid != os.getpid():  # forked: the parent's reads do not exist here
+                self._new_queue()
+            fresh = self._queue.demand(key)
+            if fresh is not None:
+                self._start(fresh)
+            entry = self._queue.entries[key]
+            self._pump()
+            try:
+                slot = self._wait(entry)
+                if slot.error is not None and entry.speculative:
+                    # A read made ahead failed (perhaps while a fault since cleared): once more.
+                    self._queue.consumed(key)
+                    self._slots.pop(entry, None)
+                    entry = self._queue.retry(key)
+                    self._start(entry)
+                    self._pump()
+                    slot = self._wait(entry)
+            finally:
+                if self._queue.entries.get(key) is entry:
+                    self._queue.consumed(key)
+                self._release(entry)
+                self._pump()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.leaves is not None
+        return slot.leaves
+
+    def _wait(self, entry: Entry) -> _Slot:
+        slot = self._slots[entry]
+        while not slot.done:
+            if _closing:
+                raise RuntimeError("npstream: the interpreter is exiting; reads were stopped")
+            self._lock.wait()
+        return slot
 
     def clear(self) -> None:
-        """Forget predictions (their reads finish in the background and release their buffers)."""
+        """Forget what was read ahead (reads in flight finish in the background)."""
         with self._lock:
-            self._slots.clear()
+            for key in [k for k, e in self._queue.entries.items() if not e.demanded]:
+                entry = self._queue.entries[key]
+                self._queue.drop(key)
+                self._release(entry)
+
+    # -- executing the queue's decisions (lock held) -------------------------------------------
+    def _start(self, entry: Entry) -> None:
+        self._slots[entry] = _Slot()
+        io_pool.post(None, lambda: self._plan(entry))
+
+    def _pump(self) -> None:
+        if _closing:
+            return
+        while (entry := self._queue.next_window()) is not None:
+            self._start(entry)
+        while (item := self._queue.next_piece(self._limit)) is not None:
+            entry, piece = item
+            io_pool.post(None, functools.partial(self._read, entry, piece))
+
+    def _release(self, entry: Entry) -> None:
+        """Forget ``entry``'s slot once nothing of it is in flight any more."""
+        if entry.out == 0 and (entry.dropped or self._queue.entries.get(entry.key) is not entry):
+            self._slots.pop(entry, None)
+
+    def _done(self, entry: Entry, slot: _Slot) -> None:
+        slot.done = True
+        slot.job = None
+        self._lock.notify_all()
+        self._release(entry)
+        self._pump()
+
+    # -- on the I/O threads --------------------------------------------------------------------
+    def _plan(self, entry: Entry) -> None:
+        job: WindowJob | None = None
+        error: BaseException | None = None
+        try:
+            job = self.reader.prepare(*entry.key)
+        except BaseException as exc:  # the consumer gets it
+            error = exc
+        with self._lock:
+            slot = self._slots.get(entry)
+            self._queue.planned(entry, job.pieces if job is not None else [], failed=error is not None)
+            if slot is None or entry.dropped:
+                self._release(entry)
+                self._pump()
+                return
+            slot.job = job
+            if error is not None:
+                slot.error = error
+                self._done(entry, slot)
+                return
+            if not entry.complete:
+                self._pump()
+                return
+        self._finish(entry, slot)  # a window without pieces
+
+    def _read(self, entry: Entry, piece: Piece) -> None:
+        slot = self._slots.get(entry)
+        error: BaseException | None = None
+        try:
+            if slot is not None and slot.job is not None:
+                self.reader.read_piece(slot.job, piece)
+        except BaseException as exc:  # the consumer gets it
+            error = exc
+        with self._lock:
+            complete = self._queue.piece_done(entry, error is None)
+            if slot is None or entry.dropped:
+                self._release(entry)
+                self._pump()
+                return
+            if error is not None and slot.error is None:
+                slot.error = error
+            if not complete:
+                self._pump()
+                return
+            if slot.error is not None:
+                self._done(entry, slot)
+                return
+            self._pump()  # the next pieces start before this window is finished
+        self._finish(entry, slot)
+
+    def _finish(self, entry: Entry, slot: _Slot) -> None:
+        try:
+            assert slot.job is not None
+            leaves = self.reader.finish(slot.job)
+            if self._finish_hook is not None:
+                leaves = self._finish_hook(leaves)
+            slot.leaves = leaves
+        except BaseException as exc:  # the consumer gets it
+            slot.error = exc
+        with self._lock:
+            self._done(entry, slot)
+
+
+def shutdown() -> None:
+    """Stop reading ahead and wake every waiting consumer with an error (interpreter exit)."""
+    global _closing
+    _closing = True
+    for ahead in list(_live):
+        with ahead._lock:
+            ahead._lock.notify_all()
+
+
+atexit.register(shutdown)
+

@@ -209,16 +209,16 @@ def _cgroup_files() -> list[tuple[str, str]]:
     return files
 
 
-def auto_budget(batch_bytes: int, permutation_bytes: int, spare: int | None = None) -> int:
+def auto_budget(batch_bytes: int, spare: int | None = None) -> int:
     """The budget ``memory_budget="auto"`` gives: full speed for this batch, within what is spare.
 
     Full speed needs WINDOWS_ALIVE windows of at least one batch each, and windows of at least
-    AUTO_MIN_BUDGET / WINDOWS_ALIVE bytes (reads of tens of MB), plus the global-shuffle
-    permutation. That is capped at 1/AUTO_SHARE of :func:`spare_memory`, but never below what
-    one batch per window needs: a batch that large is an error (with the numbers), not a crawl.
+    AUTO_MIN_BUDGET / WINDOWS_ALIVE bytes (reads of tens of MB). That is capped at 1/AUTO_SHARE
+    of :func:`spare_memory`, but never below what one batch per window needs: a batch that large
+    is an error (with the numbers), not a crawl.
     """
-    wanted = max(AUTO_MIN_BUDGET, WINDOWS_ALIVE * batch_bytes) + permutation_bytes
-    needed = WINDOWS_ALIVE * batch_bytes + permutation_bytes
+    wanted = max(AUTO_MIN_BUDGET, WINDOWS_ALIVE * batch_bytes)
+    needed = WINDOWS_ALIVE * batch_bytes
     spare = spare_memory() if spare is None else spare
     cap = spare // AUTO_SHARE
     if needed > spare:
@@ -230,22 +230,15 @@ def auto_budget(batch_bytes: int, permutation_bytes: int, spare: int | None = No
     return max(min(wanted, cap), needed)
 
 
-def resolve_budget(memory_budget: Any, batch_bytes: int, permutation_bytes: int) -> int:
+def resolve_budget(memory_budget: Any, batch_bytes: int) -> int:
     if isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto":
-        return auto_budget(batch_bytes, permutation_bytes)
+        return auto_budget(batch_bytes)
     return parse_bytes(memory_budget, "memory_budget")
 
 
 # -- plan sizes --------------------------------------------------------------------------------
 def _row_bytes(source: ArraySource) -> int:
     return max(math.prod(source.shape[1:]) * source.dtype.itemsize, 1)
-
-
-def permutation_bytes(rows: int, mode: str) -> int:
-    """Memory the global-shuffle permutation takes (the smallest integer type that holds a row)."""
-    if mode != "global":
-        return 0
-    return rows * (4 if rows <= np.iinfo(np.uint32).max else 8)
 
 
 def plan_sizes(sources: list[ArraySource], batch_size: int, budget: int, mode: str) -> tuple[int, int]:
@@ -261,24 +254,15 @@ def plan_sizes(sources: list[ArraySource], batch_size: int, budget: int, mode: s
     block_rows = math.ceil(block_rows / chunk) * chunk
     total_row = sum(row_bytes)
     batch_bytes = batch_size * total_row
-    permutation = permutation_bytes(rows, mode)
-    if permutation > budget // 4:
-        needed = max(4 * permutation, permutation + WINDOWS_ALIVE * batch_bytes)
-        raise UsageError(
-            f"shuffle='global' over {rows} rows keeps a {format_bytes(permutation)} permutation, "
-            f"over a quarter of memory_budget={format_bytes(budget)}; raise memory_budget to at "
-            f"least {format_bytes(needed, round_up=True)} "
-            "or use shuffle=True (block shuffle)"
-        )
-    window_rows = ((budget - permutation) // WINDOWS_ALIVE // total_row) // batch_size * batch_size
+    # Global shuffle keeps no permutation (the plan computes a window's positions on demand).
+    window_rows = (budget // WINDOWS_ALIVE // total_row) // batch_size * batch_size
     if window_rows == 0:
-        needed = permutation + WINDOWS_ALIVE * batch_bytes
+        needed = WINDOWS_ALIVE * batch_bytes
         raise UsageError(
             f"one batch of {batch_size} rows is {format_bytes(batch_bytes)}; npstream keeps up to "
-            f"{WINDOWS_ALIVE} batches' worth alive"
-            + (f" besides a {format_bytes(permutation)} permutation" if permutation else "")
-            + f", which exceeds memory_budget={format_bytes(budget)}: raise memory_budget to at "
-            f"least {format_bytes(needed, round_up=True)} or lower batch_size"
+            f"{WINDOWS_ALIVE} batches' worth alive, which exceeds memory_budget="
+            f"{format_bytes(budget)}: raise memory_budget to at least "
+            f"{format_bytes(needed, round_up=True)} or lower batch_size"
         )
     return block_rows, window_rows
 
@@ -418,7 +402,7 @@ def make_stream(
             "are aligned row by row, so every source needs the same length"
         )
     batch_bytes = batch_size * sum(_row_bytes(s) for s in sources)
-    budget = resolve_budget(memory_budget, batch_bytes, permutation_bytes(len(sources[0]), mode))
+    budget = resolve_budget(memory_budget, batch_bytes)
     plan = make_plan(
         sources,
         batch_size=batch_size,
