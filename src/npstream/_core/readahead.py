@@ -103,8 +103,7 @@ class ReadAhead:
             return epoch, window + 1
         return (epoch + 1, 0) if self.next_epoch and self.num_windows else None
 
-    def _limit(self, piece: object) -> int:
-        assert isinstance(piece, Piece)
+    def _limit(self, piece: Piece) -> int:
         return self.profile.scattered_in_flight if piece.rows is not None else self.profile.in_flight
 
     # -- the consumer ------------------------------------------------------------------------

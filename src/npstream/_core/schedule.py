@@ -162,7 +162,7 @@ class Entry:
     nbytes: int
     demanded: bool
     speculative: bool
-    pending: list = field(default_factory=list)  # pieces not yet issued, in order
+    pending: list[Piece] = field(default_factory=list)  # pieces not yet issued, in order
     out: int = 0  # pieces issued and not finished
     planned: bool = False
     failed: bool = False
@@ -295,7 +295,7 @@ class ReadQueue:
         if entry.out:
             self.dropped.append(entry)
 
-    def planned(self, entry: Entry, pieces: Sequence[object], failed: bool = False) -> None:
+    def planned(self, entry: Entry, pieces: Sequence[Piece], failed: bool = False) -> None:
         """``entry``'s pieces are known (its buffers exist), or its planning ``failed``."""
         if entry.planned:  # dropped while being planned
             return
@@ -305,7 +305,7 @@ class ReadQueue:
         entry.pending = [] if failed else list(pieces)
 
     # -- pieces ------------------------------------------------------------------------------
-    def next_piece(self, limit: Callable[[object], int]) -> tuple[Entry, object] | None:
+    def next_piece(self, limit: Callable[[Piece], int]) -> tuple[Entry, Piece] | None:
         """The next piece to issue, or None. ``limit(piece)``: that kind of piece's in-flight bound.
 
         Windows the consumer waits for come first, then the others in the order they started.
