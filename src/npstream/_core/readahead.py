@@ -26,6 +26,7 @@ import atexit
 import functools
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -85,7 +86,21 @@ class ReadAhead:
         self._max_windows = max_windows
         self._lock = threading.Condition()
         self._new_queue()
+        self._busy_time = self._flight_area = 0.0
+        self._last_change = time.perf_counter()
         _live.add(self)
+
+    def in_flight_mean(self) -> float:
+        """Pieces in flight on average while any was (for benchmarks and tuning)."""
+        return self._flight_area / self._busy_time if self._busy_time else 0.0
+
+    def _account(self) -> None:
+        """Integrate the pieces in flight over time (lock held; called before ``out`` changes)."""
+        now = time.perf_counter()
+        if self._queue.out:
+            self._busy_time += now - self._last_change
+            self._flight_area += self._queue.out * (now - self._last_change)
+        self._last_change = now
 
     def _new_queue(self) -> None:
         self._pid = os.getpid()
@@ -104,7 +119,10 @@ class ReadAhead:
         return (epoch + 1, 0) if self.next_epoch and self.num_windows else None
 
     def _limit(self, piece: Piece) -> int:
-        return self.profile.scattered_in_flight if piece.rows is not None else self.profile.in_flight
+        profile = self.profile
+        if profile.adaptive and not _device.cold:
+            return profile.in_flight_cached
+        return profile.scattered_in_flight if piece.rows is not None else profile.in_flight
 
     # -- the consumer ------------------------------------------------------------------------
     def get(self, epoch: int, window: int) -> list[np.ndarray]:
@@ -160,11 +178,19 @@ class ReadAhead:
         io_pool.post(None, lambda: self._plan(entry))
 
     def _pump(self) -> None:
+        # Windows the queue dropped (read ahead for a position the consumer left) free their
+        # buffers here, once nothing of theirs is in flight.
+        for entry in [e for e in self._slots if e.dropped and e.out == 0]:
+            del self._slots[entry]
         if _closing:
             return
         while (entry := self._queue.next_window()) is not None:
             self._start(entry)
-        while (item := self._queue.next_piece(self._limit)) is not None:
+        while True:
+            self._account()
+            item = self._queue.next_piece(self._limit)
+            if item is None:
+                break
             entry, piece = item
             io_pool.post(None, functools.partial(self._read, entry, piece))
 
@@ -214,6 +240,7 @@ class ReadAhead:
         except BaseException as exc:  # the consumer gets it
             error = exc
         with self._lock:
+            self._account()
             complete = self._queue.piece_done(entry, error is None)
             if slot is None or entry.dropped:
                 self._release(entry)
@@ -233,6 +260,7 @@ class ReadAhead:
     def _finish(self, entry: Entry, slot: _Slot) -> None:
         try:
             assert slot.job is not None
+            _device.delivered(slot.job.nbytes)
             leaves = self.reader.finish(slot.job)
             if self._finish_hook is not None:
                 leaves = self._finish_hook(leaves)
@@ -241,6 +269,50 @@ class ReadAhead:
             slot.error = exc
         with self._lock:
             self._done(entry, slot)
+
+
+class _DeviceMeter:
+    """Whether this process's reads reach the device or come from the page cache.
+
+    Compares the bytes the process fetched from storage (``read_bytes`` in ``/proc/self/io``,
+    which counts buffered and direct reads, not cache hits) with the bytes its windows
+    delivered, over the last ``PERIOD`` bytes delivered. One counter per process, not per
+    stream: the page cache and the disk are shared too. Where ``/proc/self/io`` is missing, reads
+    count as cold (more requests in flight: never slower, only more threads).
+    """
+
+    PERIOD = 64 << 20
+    COLD_SHARE = 0.25
+
+    def __init__(self) -> None:
+        self.cold = True
+        self._lock = threading.Lock()
+        self._delivered = 0
+        self._fetched = self._read()
+
+    @staticmethod
+    def _read() -> int | None:
+        try:
+            with open("/proc/self/io", "rb") as fp:
+                for line in fp:
+                    if line.startswith(b"read_bytes:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def delivered(self, nbytes: int) -> None:
+        with self._lock:
+            self._delivered += nbytes
+            if self._delivered < self.PERIOD:
+                return
+            fetched = self._read()
+            if fetched is not None and self._fetched is not None:
+                self.cold = fetched - self._fetched > self.COLD_SHARE * self._delivered
+            self._fetched, self._delivered = fetched, 0
+
+
+_device = _DeviceMeter()
 
 
 def shutdown() -> None:

@@ -34,31 +34,40 @@ __all__ = ["PROFILES", "Piece", "Profile", "ReadQueue", "profile_for", "storage_
 
 Key = tuple[int, int]
 
+SMALL_WINDOW_PIECES = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
     """How to keep one kind of storage busy."""
 
     in_flight: int
-    """Pieces of contiguous ranges in flight at once."""
+    """Pieces of contiguous ranges in flight at once while reads reach the device."""
+    in_flight_cached: int
+    """Pieces in flight at once while reads come from the page cache (``adaptive`` profiles):
+    then a read is a copy, and more threads than cores only contend for them."""
     piece_bytes: int
     """The largest contiguous piece; windows are cut into pieces of this size."""
     min_piece_bytes: int
-    """Small windows are cut into up to ``in_flight`` pieces, but none smaller than this."""
+    """Small windows are cut into a few pieces, but none smaller than this."""
     scattered_in_flight: int
-    """Pieces of scattered rows (global shuffle) in flight at once: small random reads need
-    many outstanding requests to use a device's parallelism."""
+    """Pieces of scattered rows (global shuffle) in flight at once while reads reach the device:
+    small random reads need many outstanding requests to use a device's parallelism."""
     rows_per_piece: int
     """Scattered rows per piece (fewer when a window has fewer rows than that many pieces)."""
+    adaptive: bool
+    """Whether the reader can tell cached reads from device reads (local files: the process's
+    I/O counters) and should switch between ``in_flight`` and ``in_flight_cached``."""
 
 
 PROFILES: dict[str, Profile] = {
-    # Local disks: see README "Performance" for the sweep (1-32 in flight, 1-16 MB pieces).
-    "local": Profile(in_flight=16, piece_bytes=4 << 20, min_piece_bytes=256 << 10,
-                     scattered_in_flight=32, rows_per_piece=2048),
+    # Local disks (README "Performance" has the sweeps): a cold disk wants 4-8 requests of
+    # 4-8 MB; cached reads are copies, best from 2 threads on 2 cores; random rows want 32+.
+    "local": Profile(in_flight=8, in_flight_cached=2, piece_bytes=4 << 20, min_piece_bytes=256 << 10,
+                     scattered_in_flight=32, rows_per_piece=2048, adaptive=True),
     # Object stores: each request has tens of ms of latency; more of them, larger.
-    "remote": Profile(in_flight=32, piece_bytes=8 << 20, min_piece_bytes=1 << 20,
-                      scattered_in_flight=64, rows_per_piece=512),
+    "remote": Profile(in_flight=32, in_flight_cached=32, piece_bytes=8 << 20, min_piece_bytes=1 << 20,
+                      scattered_in_flight=64, rows_per_piece=512, adaptive=False),
 }  # fmt: skip
 
 
@@ -115,8 +124,8 @@ def window_pieces(
     total = window.rows
     row_bytes = max(row_bytes, 1)
     limit = max(1, profile.piece_bytes // row_bytes)
-    # A small window (the first of an epoch) in several pieces, so it arrives sooner.
-    wanted = max(1, math.ceil(total / profile.in_flight), profile.min_piece_bytes // row_bytes)
+    # A small window (the first of an epoch) in a few pieces, so that it arrives sooner.
+    wanted = max(1, math.ceil(total / SMALL_WINDOW_PIECES), profile.min_piece_bytes // row_bytes)
     piece_rows = min(limit, wanted)
     pieces: list[Piece] = []
     ranges: list[tuple[int, int]] = []
