@@ -154,7 +154,10 @@ def child(job: dict) -> dict:
         return ceiling(path, sc)
     if kind == "memmap":
         return memmap_gather(path, sc, job["temp"])
-    return pipeline(path, sc, job["mode"], job["temp"], kind)
+    consumer, _, io = kind.partition(":")
+    if io:  # "tf:direct" / "tf:buffered": force the read path (default: npstream's own rule)
+        os.environ["NPSTREAM_DIRECT_IO"] = "1" if io == "direct" else "0"
+    return pipeline(path, sc, job["mode"], job["temp"], consumer)
 
 
 def _preadv_run(path: str, start: int, end: int, threads: int, piece: int) -> float:
@@ -406,7 +409,7 @@ def report(records: list[dict]) -> str:
 
     rows = []
     keys = sorted(
-        {(r["scenario"], r["mode"], r["temp"]) for r in records if r["kind"] in ("tf", "batches")},
+        {(r["scenario"], r["mode"], r["temp"]) for r in records if r["kind"].split(":")[0] in ("tf", "batches")},
         key=lambda k: (list(SCENARIOS).index(k[0]), k[2] != "warm", MODES.index(k[1])),
     )
     for sc, mode, temp in keys:

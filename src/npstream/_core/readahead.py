@@ -122,7 +122,7 @@ class ReadAhead:
         profile = self.profile
         if profile.adaptive and not _device.cold:
             return profile.in_flight_cached
-        return profile.scattered_in_flight if piece.rows is not None else profile.in_flight
+        return profile.scattered_in_flight if piece.scattered else profile.in_flight
 
     # -- the consumer ------------------------------------------------------------------------
     def get(self, epoch: int, window: int) -> list[np.ndarray]:

@@ -102,6 +102,9 @@ class Piece:
     count: int
     ranges: tuple[tuple[int, int], ...] = ()
     rows: np.ndarray | None = field(default=None, compare=False)
+    scattered: bool = False
+    """Part of a window read from many places (block or global shuffle): such pieces need more
+    requests in flight than a sequential stream, which the kernel's readahead helps."""
 
     def file_rows(self) -> np.ndarray:
         """The file rows this piece reads, in read order (for tests and tools)."""
@@ -124,23 +127,37 @@ def window_pieces(
     total = window.rows
     row_bytes = max(row_bytes, 1)
     limit = max(1, profile.piece_bytes // row_bytes)
-    # A small window (the first of an epoch) in a few pieces, so that it arrives sooner.
-    wanted = max(1, math.ceil(total / SMALL_WINDOW_PIECES), profile.min_piece_bytes // row_bytes)
-    piece_rows = min(limit, wanted)
+    segments = window.segments.tolist()
+    scattered = len(segments) > 1
+    if scattered:
+        # Block shuffle: a block per piece (a piece of several blocks would be several requests
+        # one after another, fewer in flight); blocks under min_piece_bytes are grouped.
+        group = max(1, profile.min_piece_bytes // row_bytes)
+    else:
+        # A small window (the first of an epoch) in a few pieces, so that it arrives sooner.
+        group = max(1, math.ceil(total / SMALL_WINDOW_PIECES), profile.min_piece_bytes // row_bytes)
+    group = min(limit, group)
     pieces: list[Piece] = []
     ranges: list[tuple[int, int]] = []
     first = taken = 0
-    for start, stop in window.segments.tolist():
+
+    def flush() -> None:
+        nonlocal first, taken, ranges
+        pieces.append(Piece(source, first, taken, tuple(ranges), scattered=scattered))
+        first, taken, ranges = first + taken, 0, []
+
+    for start, stop in segments:
         while start < stop:
-            take = min(stop - start, piece_rows - taken)
+            take = min(stop - start, limit if scattered else group - taken)
+            if scattered and taken and taken + take > group:
+                flush()
             ranges.append((start, start + take))
             start += take
             taken += take
-            if taken == piece_rows:
-                pieces.append(Piece(source, first, taken, tuple(ranges)))
-                first, taken, ranges = first + taken, 0, []
+            if taken >= group:
+                flush()
     if ranges:
-        pieces.append(Piece(source, first, taken, tuple(ranges)))
+        flush()
     return pieces
 
 
@@ -158,7 +175,7 @@ def _row_pieces(rows: np.ndarray, source: int, chunk_rows: int, profile: Profile
         cuts = np.where(cuts == 0, np.searchsorted(chunks, chunks[0], side="right"), cuts)
     bounds = np.unique(np.concatenate(([0], cuts, [count]))).tolist()
     return [
-        Piece(source, a, b - a, rows=rows[a:b]) for a, b in itertools.pairwise(bounds)
+        Piece(source, a, b - a, rows=rows[a:b], scattered=True) for a, b in itertools.pairwise(bounds)
     ]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import UsageError
+from .._formats.file import enable_direct_io
 from .._formats.open import open as open_source
 from .._formats.source import ArraySource
 from .._units import format_bytes, parse_bytes
@@ -41,6 +42,7 @@ __all__ = [
     "WINDOWS_ALIVE",
     "StreamSpec",
     "auto_budget",
+    "direct_io_wanted",
     "make_plan",
     "make_stream",
     "plan_sizes",
@@ -230,6 +232,20 @@ def auto_budget(batch_bytes: int, spare: int | None = None) -> int:
     return max(min(wanted, cap), needed)
 
 
+def direct_io_wanted(data_bytes: int, spare: int | None = None) -> bool:
+    """Whether to read ``data_bytes`` of local data around the page cache.
+
+    Yes when the data is larger than the memory this process could spare: the page cache could
+    not keep it between epochs, so every epoch reads it from the device anyway, and direct reads
+    cost a fraction of the CPU (``_storage/direct.py``). ``NPSTREAM_DIRECT_IO=1`` or ``0``
+    overrides (benchmarks; file systems where direct reads misbehave).
+    """
+    forced = os.environ.get("NPSTREAM_DIRECT_IO", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return data_bytes > (spare_memory() if spare is None else spare)
+
+
 def resolve_budget(memory_budget: Any, batch_bytes: int) -> int:
     if isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto":
         return auto_budget(batch_bytes)
@@ -403,6 +419,9 @@ def make_stream(
         )
     batch_bytes = batch_size * sum(_row_bytes(s) for s in sources)
     budget = resolve_budget(memory_budget, batch_bytes)
+    if direct_io_wanted(sum(len(s) * _row_bytes(s) for s in sources)):
+        for source in sources:
+            enable_direct_io(source)
     plan = make_plan(
         sources,
         batch_size=batch_size,

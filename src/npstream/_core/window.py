@@ -93,8 +93,12 @@ class WindowReader:
         for index, source in enumerate(spec.sources):
             row_shape = tuple(source.shape[1:])
             if self._direct[index] and win.gather is None:
-                # Nothing to reorder or split: read straight into the array handed on.
-                target = self._pool.get((batches, batch_rows, *row_shape), source.dtype, self.align_batches)
+                # Nothing to reorder or split: read straight into the array handed on, placed
+                # for direct reads where the source does those.
+                skew = getattr(source, "direct_skew", lambda row: None)(int(win.segments[0, 0]))
+                target = self._pool.get(
+                    (batches, batch_rows, *row_shape), source.dtype, self.align_batches, skew=skew
+                )
                 job.reads.append(target)
                 job.leaves.append(target)
             else:

@@ -1,7 +1,9 @@
 """Rows of an array stored at a fixed offset in a byte source (``.npy``, raw binary, ``.npz`` members).
 
 C-order rows ``[a, b)`` are one contiguous byte range: one ``read_into`` straight into the
-destination. Where the bytes live (a local file, a remote object) is the byte source's business.
+destination. Where the bytes live (a local file, a remote object) is the byte source's business;
+for local data larger than memory, large ranges are read around the page cache
+(:mod:`~npstream._storage.direct`) once the core asks for it (:func:`enable_direct_io`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import math
 import numpy as np
 
 from .._storage import ByteSource, byte_view, open_bytes
+from .._storage.direct import DirectReads, direct_supported
 from .layout import ArrayLayout, check_fits, native_dtype
 from .source import SourceBase
 
-__all__ = ["FileSource"]
+__all__ = ["DIRECT_MIN_BYTES", "FileSource", "enable_direct_io"]
+
+DIRECT_MIN_BYTES = 1 << 20
+"""Direct reads only for ranges this large: smaller ones are not worth a device round trip of
+their own, and the page cache may well hold them."""
 
 
 class FileSource(SourceBase):
@@ -26,7 +33,7 @@ class FileSource(SourceBase):
     Big-endian (non-native) data is byte-swapped in place after the read.
     """
 
-    def __init__(self, layout: ArrayLayout, data: ByteSource | None = None):
+    def __init__(self, layout: ArrayLayout, data: ByteSource | None = None, direct_io: bool = False):
         check_fits(layout)
         self.layout = layout
         self.name = layout.name
@@ -38,18 +45,44 @@ class FileSource(SourceBase):
         # Fortran and C order lay bytes out alike only when at most one dimension exceeds 1: a
         # single row of shape (2, 2) is contiguous, but its elements are still in Fortran order.
         self._strided = layout.order == "F" and sum(n > 1 for n in layout.shape) > 1
+        self.direct: DirectReads | None = None
+        if direct_io:
+            self.enable_direct_io()
 
     def __reduce__(self):
-        return (FileSource, (self.layout, self.data))
+        return (FileSource, (self.layout, self.data, self.direct is not None))
+
+    def enable_direct_io(self) -> None:
+        """Read ranges of DIRECT_MIN_BYTES or more around the page cache (local files only)."""
+        data = self.data
+        if self.direct is None and getattr(data, "kind", None) == "local" and direct_supported():
+            self.direct = DirectReads(data.name, data.identity)
 
     def close(self) -> None:
         self.data.close()
+
+    def direct_skew(self, row: int) -> int | None:
+        """Where row ``row`` starts modulo 4096 when it is read directly, else None: a buffer
+        at that address modulo 4096 receives direct reads without a bounce copy."""
+        direct = self.direct
+        if direct is None or not direct.usable or self._strided:
+            return None
+        skew = (self.layout.offset + row * self._row_bytes) % 4096
+        return skew if skew % 64 == 0 else None  # frameworks alias only 64-byte aligned arrays
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         if self._strided:
             self._read_fortran(start, stop, out)
             return
-        self.data.read_into(self.layout.offset + start * self._row_bytes, byte_view(out))
+        offset = self.layout.offset + start * self._row_bytes
+        direct = self.direct
+        if not (
+            direct is not None
+            and direct.usable
+            and out.nbytes >= DIRECT_MIN_BYTES
+            and direct.read_into(offset, byte_view(out))
+        ):
+            self.data.read_into(offset, byte_view(out))
         if self._swap:
             self._to_native(out)
 
@@ -75,3 +108,13 @@ class FileSource(SourceBase):
             part = view[column * column_bytes : (column + 1) * column_bytes]
             self.data.read_into(base + column * stride, part)
         out[...] = np.ndarray((rows, *self.shape[1:]), dtype=stored, buffer=gathered, order="F")
+
+
+def enable_direct_io(source: object) -> None:
+    """Ask every :class:`FileSource` in ``source`` (shards included) to read around the cache."""
+    todo = [source]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, FileSource):
+            item.enable_direct_io()
+        todo.extend(getattr(item, "parts", ()))
