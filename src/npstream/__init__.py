@@ -11,6 +11,7 @@ from ._formats.concat import ConcatSource
 from ._formats.file import FileSource
 from ._formats.hdf5 import HDF5Source
 from ._formats.layout import ArrayLayout
+from ._formats.npy_writer import NpyWriter, save
 from ._formats.open import open
 from ._formats.source import ArraySource
 
@@ -22,9 +23,11 @@ __all__ = [
     "FormatError",
     "HDF5Source",
     "NpstreamError",
+    "NpyWriter",
     "ReadError",
     "UsageError",
     "open",
+    "save",
 ]
 
 __version__ = "0.1.0"
