@@ -28,6 +28,7 @@ every batch until ``meter.done``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import json
 import math
@@ -417,6 +418,7 @@ def main_child(name: str, config_json: str) -> None:
         approach.init(config)
     if approach.cold:
         evict(config.files)
+    gc.collect()  # whatever init built (a throw-away dataset) is gone before the baseline
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     baseline = _reset_peak()
     meter = Meter(config.seconds, emit)

@@ -124,6 +124,8 @@ def _add_raw_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .bench import APPROACHES  # the registry names the approaches (no framework is imported)
+
     parser = argparse.ArgumentParser(
         prog="npstream", description="Inspect, convert and benchmark on-disk NumPy arrays."
     )
@@ -176,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         "--approach",
         action="append",
         metavar="NAME",
-        help="measure only this approach (repeatable): limit-warm, read, tf, limit-cold, read-cold, tf-cold",
+        help=f"measure only this approach (repeatable): {', '.join(APPROACHES)}",
     )
     return parser
 
