@@ -63,7 +63,8 @@ def test_json_and_plot_cover_every_approach(data, tmp_path, capsys):
     report = json.loads(captured.out)  # stdout is exactly the JSON document
     assert set(report) == {"path", "results"} and report["path"] == data
     names = [r["approach"] for r in report["results"]]
-    assert names == ["limit-warm", "read", "tf", "limit-cold", "read-cold", "tf-cold"]
+    warm = ["limit-warm", "read", "batches", "tf"]
+    assert names == [*warm, "limit-cold", "read-cold", "batches-cold", "tf-cold"]
     for result in report["results"]:
         check_result(result)
     tf = next(r for r in report["results"] if r["approach"] == "tf")
@@ -75,7 +76,7 @@ def test_json_and_plot_cover_every_approach(data, tmp_path, capsys):
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape == (480, 900, 3)
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
-    assert len(colours) > 20  # text, axes and six coloured lines, not a blank canvas
+    assert len(colours) > 20  # text, axes and eight coloured lines, not a blank canvas
     # matplotlib's first line colour (tab:blue, #1f77b4) is drawn somewhere
     assert (np.abs(pixels.astype(int) - [0x1F, 0x77, 0xB4]).sum(axis=2) < 30).any()
 

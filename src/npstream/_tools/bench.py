@@ -340,6 +340,19 @@ def _tf(config: Config, meter: Meter) -> None:
         steps = max(1, min(steps * 4, int(steps * SAMPLE_SECONDS / max(took, 1e-6))))
 
 
+def _batches(config: Config, meter: Meter) -> None:
+    """``npstream.batches``: the neutral core every adapter wraps, consumed in Python."""
+    import npstream
+
+    meter.begin()
+    data: Any = config.path if config.key is None else open_source(config.path, key=config.key)
+    stream = npstream.batches(data, batch_size=config.batch_size, shuffle=_TF_SHUFFLE[config.shuffle], seed=0)
+    for batch in stream:
+        meter.delivered(batch.nbytes, len(batch))
+        if meter.done:
+            break
+
+
 def _tf_missing(config: Config) -> str | None:
     try:
         found = importlib.util.find_spec("tensorflow") is not None
@@ -352,6 +365,7 @@ register(
     Approach("limit-warm", lambda c, m: _limit(c, m, cold=False), is_limit=True, unavailable=_local_only)
 )
 register(Approach("read", _read))
+register(Approach("batches", _batches))
 register(Approach("tf", _tf, init=_tf_init, unavailable=_tf_missing))
 register(
     Approach(
@@ -363,6 +377,7 @@ register(
     )
 )
 register(Approach("read-cold", _read, cold=True, unavailable=_cold_possible))
+register(Approach("batches-cold", _batches, cold=True, unavailable=_cold_possible))
 register(
     Approach(
         "tf-cold",
