@@ -1,4 +1,8 @@
-"""The ``npstream`` command line: ``npstream info PATH... [--key K] [--json]``."""
+"""The ``npstream`` command line: ``npstream info PATH... [--key K] [--json] [-o KEY=VALUE]``.
+
+Paths may be object-store URLs; ``info`` then reads only each object's header (one request in
+the common case). Credentials come from the environment (``AWS_*``, ...) or ``-o`` options.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +83,13 @@ def _attach_shape_values(argv: Sequence[str]) -> list[str]:
     return args
 
 
+def _parse_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"storage option {text!r} is not KEY=VALUE")
+    return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="npstream", description="Inspect and stream on-disk NumPy arrays.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,18 +101,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.add_argument("--shape", type=_parse_shape, help="raw files: e.g. -1,256")
     info.add_argument("--offset", type=int, default=0, help="raw files: byte offset of the data")
     info.add_argument("--order", choices=("C", "F"), default="C", help="raw files: memory order")
+    info.add_argument(
+        "-o",
+        "--storage-option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="object stores: a storage option, e.g. -o endpoint=http://127.0.0.1:9000 -o allow_http=true",
+    )
     args = parser.parse_args(_attach_shape_values(sys.argv[1:] if argv is None else argv))
 
     results: list[dict[str, Any]] = []
     failed = False
+    storage_options = dict(args.storage_option) or None
     try:
-        paths = expand_paths(args.paths)
-    except OSError as exc:
+        paths = expand_paths(args.paths, storage_options=storage_options)
+    except (NpstreamError, OSError, ImportError) as exc:
         print(f"npstream: {exc}", file=sys.stderr)
         return 1
     for path in paths:
         try:
-            data = open_bytes(path)
+            data = open_bytes(path, storage_options=storage_options)
             try:
                 # One --key serves a mixed list: it applies to the .npz and HDF5 files only.
                 key = args.key if args.dtype is None and sniff_format(data) in ("npz", "hdf5") else None
