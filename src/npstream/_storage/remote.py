@@ -136,6 +136,7 @@ def _profile_provider(location: Location, profile: str) -> tuple[Any, str | None
 _STATUS = re.compile(r"status code: (\d{3}[^:<\n]*)")
 _RETRIES = re.compile(r"after (\d+) retries")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
+_OS_MESSAGE = re.compile(r'message: "([^"]+)"')
 
 
 def _detail(exc: BaseException) -> str:
@@ -150,6 +151,10 @@ def _detail(exc: BaseException) -> str:
             detail += f" ({code.group(1)})"
     else:
         detail = first.rsplit(" - ", 1)[-1].strip() or type(exc).__name__
+        # The reason is buried in the Debug dump: "Connection refused", "TimedOut", ...
+        reason = _OS_MESSAGE.findall(text) or (["timed out"] if "TimedOut" in text else [])
+        if reason and reason[-1].lower() not in detail.lower():
+            detail += f" ({reason[-1]})"
         if "builder error" in detail:
             detail += (
                 "; for an http:// endpoint allow plain HTTP: AWS_ALLOW_HTTP=true or "
