@@ -30,6 +30,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_tf.py
+	$(PY) benchmarks/bench_remote.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ import pytest
 
 from npstream import ReadError, UsageError
 from npstream._storage import LocalFile, open_bytes, open_stream
-from npstream._storage.parallel import MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECES_PER_READ, pieces
+from npstream._storage.parallel import PIECE_SIZES, PieceSizer, pieces
 from npstream._storage.urls import parse_url, redact, route_options, secret_values
 
 from . import servers
@@ -184,18 +184,35 @@ def test_fsspec_glob_and_open(data_root):
 
 
 # -- pieces ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "length", [1, MIN_PIECE_BYTES, MIN_PIECE_BYTES + 1, 3 << 20, 8 << 20, 8_000_001, 100 << 20]
-)
-def test_pieces_cover_the_range_exactly(length):
-    parts = pieces(1000, length)
+@pytest.mark.parametrize("piece", PIECE_SIZES)
+@pytest.mark.parametrize("length", [1, 1 << 20, (1 << 20) + 1, 3 << 20, 8 << 20, 8_000_001, 100 << 20])
+def test_pieces_cover_the_range_exactly(length, piece):
+    parts = pieces(1000, length, piece)
     assert parts[0][0] == 1000
     assert sum(n for _, n in parts) == length
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(parts))
-    assert all(n <= MAX_PIECE_BYTES for _, n in parts)
-    assert all(n >= MIN_PIECE_BYTES for _, n in parts[:-1])
-    if length >= PIECES_PER_READ * MIN_PIECE_BYTES:
-        assert len(parts) >= PIECES_PER_READ  # an 8 MB read keeps 8 requests in flight
+    assert all(0 < n <= piece for _, n in parts)
+    assert len(parts) == -(-length // piece)
+
+
+def test_piece_sizer_climbs_to_what_delivers_most_and_keeps_checking():
+    """A capped link (smaller pieces deliver more) and a CPU-bound server (larger pieces do)."""
+    mib = 1 << 20
+    capped = {8 * mib: 32e6, 4 * mib: 64e6, 2 * mib: 128e6, 1 * mib: 250e6}
+    busy = {8 * mib: 600e6, 4 * mib: 450e6, 2 * mib: 300e6, 1 * mib: 150e6}
+    for delivered, climb, best in ((capped, PIECE_SIZES, mib), (busy, PIECE_SIZES[:2], 8 * mib)):
+        sizer = PieceSizer()
+        chosen = []
+        for _ in range(80):
+            piece = sizer.choose(8 * mib)
+            chosen.append(piece)
+            sizer.record(piece, 8 * mib, 8 * mib / delivered[piece])
+        assert tuple(chosen[: len(climb)]) == climb  # the climb, then no size left untried needlessly
+        assert sizer.best() == best
+        steady = chosen[len(climb) :]
+        assert steady.count(best) >= 0.9 * len(steady)
+        assert len(set(steady)) > 1  # still checks a neighbour now and then
+    assert PieceSizer().choose(1000) == 1000  # small reads are never split
 
 
 # -- URLs and options --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from .._errors import ReadError, UsageError
-from .parallel import read_in_pieces
+from .parallel import PieceSizer, read_in_pieces
 
 __all__ = ["FsspecObject", "glob_paths"]
 
@@ -71,6 +71,7 @@ class FsspecObject:
         self.size = int(info["size"])
         version = next((info[k] for k in _VERSION_KEYS if info.get(k) is not None), None)
         self.identity = f"{self.size}:{version}"
+        self._sizer = PieceSizer()
 
     def __reduce__(self):
         return (FsspecObject, (self.filesystem, self.path))
@@ -89,7 +90,7 @@ class FsspecObject:
                 f"{self.size} bytes long"
             )
         if len(view):
-            read_in_pieces(self._read_range, offset, view)
+            read_in_pieces(self._read_range, offset, view, self._sizer)
 
     def _read_range(self, offset: int, view: memoryview) -> None:
         end = offset + len(view)

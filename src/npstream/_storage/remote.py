@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import ReadError, UsageError
-from .parallel import read_in_pieces
+from .parallel import PieceSizer, read_in_pieces
 from .urls import Location, options_key, parse_url, redact, route_options, secret_values
 
 __all__ = ["RemoteObject", "glob_urls", "import_obstore"]
@@ -64,6 +64,8 @@ def import_obstore(url: str) -> Any:
 _used_in_pid: int | None = None
 _stores: dict[tuple[str, str], Any] = {}
 _stores_lock = threading.Lock()
+_sizers: dict[str, PieceSizer] = {}
+"""Per store root: which piece size reads there go fastest with."""
 
 
 def _check_process(url: str) -> None:
@@ -189,10 +191,12 @@ class RemoteObject:
         self._options = dict(storage_options or {})
         self._secrets = secret_values(self._options)
         self._window = route_options(self._location, self._options).retry_window
+        with _stores_lock:
+            self._sizer = _sizers.setdefault(self._location.root, PieceSizer())
         self._lock = threading.Lock()
         self._closed = False
-        self.requests = 0
-        """GET requests sent so far (diagnostics: open costs one)."""
+        self._store: Any = None
+        self.requests = 0  # GET requests sent so far (diagnostics: open costs one)
         self._head = b""
         if _version is None:
             self._open()
@@ -200,6 +204,7 @@ class RemoteObject:
             self.size, self._etag, self._modified = _version
 
     def __reduce__(self):
+        # The store is not pickled: the copy connects on its first read, in its own process.
         return (_reopen, (self.name, self._options, (self.size, self._etag, self._modified)))
 
     def __repr__(self) -> str:
@@ -230,7 +235,7 @@ class RemoteObject:
         if offset + length <= len(head):
             view[:] = head[offset : offset + length]
             return
-        read_in_pieces(self._fill, offset, view)
+        read_in_pieces(self._fill, offset, view, self._sizer)
 
     def _open(self) -> None:
         try:
@@ -268,7 +273,9 @@ class RemoteObject:
 
     def _get(self, span: tuple[int, int], opening: bool = False) -> Any:
         _check_process(self.name)
-        store = _store_for(self._location, self._options)
+        store = self._store
+        if store is None:
+            store = self._store = _store_for(self._location, self._options)
         obstore = import_obstore(self.name)
         options: dict[str, Any] = {"range": span}
         if not opening and self._etag:
