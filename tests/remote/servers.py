@@ -16,6 +16,7 @@ session-finish hook can check that nothing is left running or on disk.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -94,6 +95,11 @@ class Server:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        # weed puts its gRPC sockets in /tmp whatever TMPDIR says, and leaves them when killed.
+        for port in self.extra.get("ports", {}).values():
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def log_tail(self) -> str:
         try:
@@ -167,7 +173,7 @@ def start_seaweed() -> Server:
         "TMPDIR": workdir,
     }
     proc = _spawn("seaweed", cmd, workdir, env=env)
-    server = _register(Server("seaweed", proc, f"http://127.0.0.1:{ports['s3']}", workdir))
+    server = _register(Server("seaweed", proc, f"http://127.0.0.1:{ports['s3']}", workdir, {"ports": ports}))
     _wait_http(server, "/", timeout=90)
     _wait_bucket(server)
     return server

@@ -58,8 +58,11 @@ def bounded(fn, bound: float):
     return outcome.get("value"), outcome.get("error"), elapsed
 
 
+FIRST = 1100  # rows from here on lie past the 64 KiB head read at open: every read is a request
+
+
 def read_all(src) -> np.ndarray:
-    return src.read(0, len(src))
+    return src.read(FIRST, len(src))
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ def big(fault, fault_root):
         ("reset", 2, {}),
         ("truncate", 2, {}),
         ("stall", 1, {"param": 4}),  # longer than FAST's 2 s timeout: abandoned, retried
-        ("delay", 3, {"param": 0.5}),  # slow answers inside the timeout
+        ("delay", 1, {"param": 1.0}),  # a slow answer inside the timeout
         ("short", 2, {}),  # a body that ends early without an error: re-requested by npstream
     ],
 )
@@ -87,7 +90,7 @@ def test_one_fault_per_range_still_ends_in_the_right_bytes(fault, big, fault_nam
     servers.arm(fault, fault_name, count=count, **DATA, **extra)
     value, error, _ = bounded(lambda: read_all(src), MINUTES_2)
     assert error is None, error
-    assert_rows_equal(value, expected)
+    assert_rows_equal(value, expected[FIRST:])
     log = servers.requests_log(fault)
     assert sum(r["fault"] == fault_name for r in log) == count  # the faults really happened
 
@@ -99,7 +102,7 @@ def test_fault_during_open_is_retried(fault, fault_root):
         lambda: npstream.open(f"{fault.endpoint}/v1.npy", storage_options=FAST), MINUTES_2
     )
     assert error is None, error
-    assert_rows_equal(read_all(src), oracle(fault_root, "v1.npy"))
+    assert_rows_equal(read_all(src), oracle(fault_root, "v1.npy")[FIRST:])
 
 
 @pytest.mark.parametrize("settings", [FAST, {}], ids=["fast", "defaults"])
@@ -221,7 +224,7 @@ def test_server_killed_mid_read_then_back(fault, fault_root):
     fresh = servers.start_fault(fault.extra["root"], port=fault.port)
     fault.stop()
     fault.proc, fault.workdir = fresh.proc, fresh.workdir
-    assert_rows_equal(read_all(src), oracle(fault_root, "big.npy"))
+    assert_rows_equal(read_all(src), oracle(fault_root, "big.npy")[FIRST:])
 
 
 @pytest.mark.parametrize("settings", [FAST, {}], ids=["fast", "defaults"])
@@ -246,3 +249,56 @@ def test_not_found_and_denied_are_quick_and_plain(seaweed):
     assert isinstance(error, FileNotFoundError), error
     assert missing in str(error)
     assert servers.SECRET_KEY not in str(error)
+
+
+@pytest.fixture
+def sequential(fault, fault_root):
+    """A 16 MiB object read front to back in 1 MiB blocks (the pattern read-ahead serves)."""
+    path = os.path.join(fault_root, "ahead.npy")
+    np.save(path, np.arange(262144 * 16, dtype=np.float32).reshape(-1, 16))
+    src = npstream.open(f"{fault.endpoint}/ahead.npy", storage_options=FAST)
+    yield src, np.load(path)
+    src.close()
+    os.unlink(path)
+
+
+def test_a_sequential_reader_gets_blocks_read_ahead(fault, sequential):
+    src, expected = sequential
+    block = 16384  # rows: 1 MiB
+    for first in range(block, 6 * block, block):
+        assert_rows_equal(src.read(first, first + block), expected[first : first + block])
+    # blocks 6, 7 and 8 are asked for before the caller wants them (the requests are in flight:
+    # give them a moment to reach the server)
+    wanted = {src.layout.offset + n * (1 << 20) for n in (6, 7, 8)}
+    deadline = time.monotonic() + 30
+    while True:
+        starts = {int(r["range"][6:].split("-")[0]) for r in servers.requests_log(fault) if r["range"]}
+        if wanted <= starts or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert wanted <= starts, (sorted(wanted - starts), sorted(starts))
+    # a read elsewhere is served directly, and correctly
+    assert_rows_equal(src.read(10, 20000), expected[10:20000])
+    assert_rows_equal(src.read(6 * block, 7 * block), expected[6 * block : 7 * block])
+
+
+@pytest.mark.parametrize("fault_name", ["truncate", "status"])
+def test_a_fault_in_a_block_read_ahead_still_ends_in_the_right_bytes(fault, sequential, fault_name):
+    src, expected = sequential
+    block = 16384
+    assert_rows_equal(src.read(block, 2 * block), expected[block : 2 * block])
+    # every request for block 4 onwards fails once: blocks read ahead meet the faults
+    servers.arm(fault, fault_name, count=3, param=500, min_offset=src.layout.offset + 4 * (1 << 20))
+    for first in range(2 * block, 9 * block, block):
+        assert_rows_equal(src.read(first, first + block), expected[first : first + block])
+
+
+def test_a_lasting_fault_in_a_block_read_ahead_is_the_callers_error(fault, sequential):
+    src, expected = sequential
+    block = 16384
+    assert_rows_equal(src.read(block, 2 * block), expected[block : 2 * block])
+    servers.arm(fault, "status", count=-1, param=503, min_offset=src.layout.offset + 4 * (1 << 20))
+    for first in (2 * block, 3 * block):  # the second read starts reading blocks 3 to 5 ahead
+        assert_rows_equal(src.read(first, first + block), expected[first : first + block])
+    _, error, _ = bounded(lambda: src.read(4 * block, 5 * block), MINUTES_2)
+    assert isinstance(error, ReadError) and "503" in str(error), error

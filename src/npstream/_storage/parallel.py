@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-__all__ = ["PIECE_SIZES", "REMOTE_THREADS", "PieceSizer", "pieces", "read_in_pieces"]
+__all__ = ["PIECE_SIZES", "REMOTE_THREADS", "PieceSizer", "executor", "pieces", "read_in_pieces"]
 
 PIECE_SIZES = (8 << 20, 4 << 20, 2 << 20, 1 << 20)
 """The sizes :class:`PieceSizer` chooses from, largest (fewest requests) first."""
@@ -109,7 +109,9 @@ _pool_pid = -1
 _pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
+def executor() -> ThreadPoolExecutor:
+    """The process-wide pool of remote reads (read-ahead jobs run there too: they only wait for
+    pieces already running, never for queued ones, so jobs inside jobs cannot deadlock)."""
     global _pool, _pool_pid
     with _pool_lock:
         # A pool inherited through fork has no threads in the child: start a new one.
@@ -168,7 +170,7 @@ def _run_parallel(
             failed.set()
             errors.append((index, exc))
 
-    pool = _executor()
+    pool = executor()
     futures: list[Future[None]] = [pool.submit(job, i) for i in range(1, len(parts))]
     job(0)
     # Take back, newest first, the pieces no pool thread has started, and read them here.
