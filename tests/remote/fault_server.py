@@ -40,7 +40,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_CHUNK = 64 << 10
+_CHUNK = 256 << 10  # paced sends: large enough that a late wake-up costs little
 
 
 class State:

@@ -244,45 +244,6 @@ def start_fault(root: str, rate: float | None = None, port: int | None = None) -
     return _register(Server("fault", proc, f"http://127.0.0.1:{bound}", workdir, {"root": root}))
 
 
-_NGINX_CONF = """daemon off;
-master_process on;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
-  uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  sendfile on;
-  keepalive_requests 100000;
-  {limit}
-  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
-}}
-"""
-
-
-def start_nginx(root: str, rate: float | None = None) -> Server:
-    """nginx (Debian's nginx-light) serving ``root``; ``rate`` caps each response (bytes/s).
-
-    Used by the benchmark when installed: its per-connection cap holds under load, where the
-    Python fault server's pacing falls behind on a busy machine.
-    """
-    nginx = require("nginx")
-    workdir = tempfile.mkdtemp(prefix="npstream-nginx-")
-    port = free_port()
-    limit = f"limit_rate {int(rate)};" if rate else ""
-    conf = os.path.join(workdir, "nginx.conf")
-    with open(conf, "w") as fp:
-        fp.write(_NGINX_CONF.format(work=workdir, port=port, root=root, limit=limit))
-    proc = _spawn(
-        "nginx", [nginx, "-p", workdir, "-c", conf, "-e", os.path.join(workdir, "error.log")], workdir
-    )
-    server = _register(Server("nginx", proc, f"http://127.0.0.1:{port}", workdir, {"root": root}))
-    _wait_http(server, "/", timeout=30)
-    return server
-
-
 # -- talking to servers ------------------------------------------------------------------------
 def s3_client(server: Server):
     """A boto3 client (an independent S3 client, not the one under test) for uploads."""
