@@ -6,6 +6,8 @@
 * ``npstream bench PATH [--batch-size N] [--shuffle MODE] [--cold] [--plot PNG] [--json]``:
   measure the raw read limit and npstream's pipelines on the user's data (``_tools/bench.py``).
 
+Paths may be object-store URLs; ``info`` then reads only each object's header (one request in
+the common case). Credentials come from the environment (``AWS_*``, ...) or ``-o KEY=VALUE``.
 Errors print ``npstream: <message>`` on stderr and exit 1; usage errors exit 2 (argparse).
 """
 
@@ -116,6 +118,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _parse_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"storage option {text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _add_raw_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--dtype", help=f"{what}: numpy dtype, e.g. '<f4'")
     parser.add_argument("--shape", type=_parse_shape, help=f"{what}: e.g. -1,256")
@@ -135,6 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--key", help=".npz member or HDF5 dataset path")
     info.add_argument("--json", action="store_true", help="print a JSON list of objects")
     _add_raw_options(info, "raw files")
+    info.add_argument(
+        "-o",
+        "--storage-option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="object stores: a storage option, e.g. -o endpoint=http://127.0.0.1:9000 -o allow_http=true",
+    )
 
     convert = commands.add_parser(
         "convert",
@@ -258,14 +276,15 @@ def _bench(args: argparse.Namespace) -> int:
 def _run_info(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     failed = False
+    storage_options = dict(args.storage_option) or None
     try:
-        paths = expand_paths(args.paths)
-    except OSError as exc:
+        paths = expand_paths(args.paths, storage_options=storage_options)
+    except (NpstreamError, OSError, ImportError) as exc:
         print(f"npstream: {exc}", file=sys.stderr)
         return 1
     for path in paths:
         try:
-            data = open_bytes(path)
+            data = open_bytes(path, storage_options=storage_options)
             try:
                 # One --key serves a mixed list: it applies to the .npz and HDF5 files only.
                 key = args.key if args.dtype is None and sniff_format(data) in ("npz", "hdf5") else None
