@@ -77,15 +77,16 @@ def describe_bytes(
     shape: int | Sequence[int] | None,
     offset: int,
     order: str,
+    kind: str | None = None,
 ) -> ArrayLayout:
-    """:func:`describe` for an already opened byte source (left open)."""
+    """:func:`describe` for an already opened byte source (left open); ``kind`` if sniffed."""
     path = data.name
     if dtype is not None:
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not raw binary data")
         return describe_raw(data, dtype=dtype, shape=shape, offset=offset, order=order)
     _refuse_raw_arguments(path, shape, offset, order)
-    kind = sniff_format(data)
+    kind = kind or sniff_format(data)
     if kind == "npy":
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not .npy")
@@ -121,10 +122,11 @@ def _open_one(path: str, key: str | None, raw: dict[str, Any]) -> ArraySource:
         _refuse_raw_arguments(path, raw["shape"], raw["offset"], raw["order"])
     data = open_bytes(path)
     try:
-        if raw["dtype"] is None and sniff_format(data) == "hdf5":
+        kind = None if raw["dtype"] is not None else sniff_format(data)
+        if kind == "hdf5":
             data.close()
             return HDF5Source(path, key)
-        return FileSource(describe_bytes(data, key=key, **raw), data)
+        return FileSource(describe_bytes(data, key=key, kind=kind, **raw), data)
     except BaseException:
         data.close()
         raise
