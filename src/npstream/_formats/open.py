@@ -11,7 +11,7 @@ from .._errors import FormatError, UsageError
 from .._storage import ByteSource, open_bytes, read_bytes
 from .concat import ConcatSource
 from .file import FileSource
-from .hdf5 import HDF5_MAGIC, HDF5Source
+from .hdf5 import HDF5_MAGIC, HDF5Source, describe_hdf5
 from .layout import ArrayLayout
 from .npy import MAGIC as NPY_MAGIC
 from .npy import describe_npy
@@ -93,8 +93,7 @@ def describe_bytes(
         return describe_npy(data)
     if kind == "npz":
         return describe_npz(data, key)
-    with HDF5Source(path, key) as source:
-        return source.layout
+    return describe_hdf5(data, key)
 
 
 def expand_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
@@ -124,8 +123,7 @@ def _open_one(path: str, key: str | None, raw: dict[str, Any]) -> ArraySource:
     try:
         kind = None if raw["dtype"] is not None else sniff_format(data)
         if kind == "hdf5":
-            data.close()
-            return HDF5Source(path, key)
+            return HDF5Source(data, key)
         return FileSource(describe_bytes(data, key=key, kind=kind, **raw), data)
     except BaseException:
         data.close()
