@@ -241,7 +241,8 @@ def test_hdf5_read_error_surfaces_as_os_error(tmp_path, monkeypatch, layout):
     path = os.fspath(tmp_path / "x.h5")
     with h5py.File(path, "w") as f:
         options = {"contiguous": {}, "gzip": {"compression": "gzip"}, "lzf": {"compression": "lzf"}}
-        f.create_dataset("x", data=np.arange(20.0), chunks=None if layout == "contiguous" else (5,), **options[layout])
+        chunks = None if layout == "contiguous" else (5,)
+        f.create_dataset("x", data=np.arange(20.0), chunks=chunks, **options[layout])
     with npstream.open(path, key="x") as source:
         assert source.mode == ("h5py" if layout == "lzf" else layout.replace("gzip", "chunks"))
 

@@ -14,6 +14,7 @@ other dimensions.
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,7 @@ class ChunkReader:
         index = self.index
         offset, size = int(index.offsets[position]), int(index.sizes[position])
         stored = np.empty(size, dtype=np.uint8)
-        self.data.read_into(offset, memoryview(stored))
+        self.data.read_into(offset, memoryview(stored))  # type: ignore[arg-type]
         try:
             raw = decode(self.decoders, stored, int(index.masks[position]), self.chunk_bytes)
         except ChecksumError as exc:
@@ -174,15 +175,16 @@ class ChunkReader:
         lo, hi = np.searchsorted(self.index.keys, [first, first + self.inner]).tolist()
         written = dict(zip((self.index.keys[lo:hi] - first).tolist(), range(lo, hi), strict=True))
         for inner, region in enumerate(self.regions):
-            target = out[(slice(None), *region)]
+            where = (slice(None), *region)
+            target = out[where]
             position = written.get(inner)
             if position is None:
                 target[...] = self.fill
                 continue
             chunk = self._chunk(position)
             # Edge chunks are stored whole; only the part inside the dataset's extent is used.
-            part = tuple(slice(0, r.stop - r.start) for r in region)
-            target[...] = chunk[(rows, *part)]
+            part = (rows, *(slice(0, r.stop - r.start) for r in region))
+            target[...] = chunk[part]
 
     def read_range(self, start: int, stop: int, out: np.ndarray) -> None:
         """Rows ``[start, stop)`` into ``out``; each chunk touched is decoded once."""
@@ -199,7 +201,7 @@ class ChunkReader:
         row_chunks = rows // rows_per
         breaks = np.flatnonzero(np.diff(row_chunks)) + 1
         bounds = [0, *breaks.tolist(), len(rows)]
-        for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        for first, last in itertools.pairwise(bounds):
             row_chunk = int(row_chunks[first])
             within = rows[first:last] - row_chunk * rows_per
             if len(within) == within[-1] - within[0] + 1:  # a run: slicing avoids a gather copy
