@@ -29,7 +29,9 @@ h5py = pytest.importorskip("h5py")
 hdf5plugin = pytest.importorskip("hdf5plugin")
 
 N = 103
-COMPOUND = np.dtype({"names": ["a", "b", "c"], "formats": ["<i2", ">f8", "S3"], "offsets": [0, 8, 16], "itemsize": 24})
+COMPOUND = np.dtype(
+    {"names": ["a", "b", "c"], "formats": ["<i2", ">f8", "S3"], "offsets": [0, 8, 16], "itemsize": 24}
+)
 NESTED = np.dtype([("id", ">u4"), ("p", [("x", "<f4"), ("y", ">i8", (2,))]), ("flag", "?")])
 
 
@@ -121,7 +123,9 @@ def _(f, rng, key="null-terminated-strings"):
 def _(f, rng, key="compact"):
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_layout(h5py.h5d.COMPACT)
-    dataset = h5py.h5d.create(f.id, key.encode(), h5py.h5t.STD_I32LE, h5py.h5s.create_simple((N, 2)), dcpl=dcpl)
+    dataset = h5py.h5d.create(
+        f.id, key.encode(), h5py.h5t.STD_I32LE, h5py.h5s.create_simple((N, 2)), dcpl=dcpl
+    )
     dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, _values("<i4", (N, 2), rng))
 
 
@@ -184,7 +188,9 @@ for _name, _options in FALLBACK_FILTERS.items():
 @case("fallback-scaleoffset", "h5py")
 def _(f, rng, key="fallback-scaleoffset"):
     # HDF5's scale-offset filter fails on full-range int32 values: store a small range.
-    f.create_dataset(key, data=rng.integers(-500, 500, size=(N, 6)).astype("<i4"), chunks=(9, 4), scaleoffset=0)
+    f.create_dataset(
+        key, data=rng.integers(-500, 500, size=(N, 6)).astype("<i4"), chunks=(9, 4), scaleoffset=0
+    )
 
 
 # Odd chunk bytes: shuffle leaves the remainder, fletcher32 sums a trailing byte.
@@ -205,7 +211,9 @@ def _(f, rng, key="chunked-array-type-gzip"):
 @case("chunked-enum-shuffle", "chunks")
 def _(f, rng, key="chunked-enum-shuffle"):
     dtype = h5py.enum_dtype({"A": -3, "B": 1000}, basetype=">i2")
-    f.create_dataset(key, data=rng.choice(np.array([-3, 1000], ">i2"), size=(N,)), dtype=dtype, chunks=(10,), shuffle=True)
+    f.create_dataset(
+        key, data=rng.choice(np.array([-3, 1000], ">i2"), size=(N,)), dtype=dtype, chunks=(10,), shuffle=True
+    )
 
 
 # -- chunks never written, resizing ------------------------------------------------------------
@@ -233,7 +241,9 @@ def _(f, rng, key="unwritten-compound-fill"):
 
 @case("resized", "chunks")
 def _(f, rng, key="resized"):
-    dataset = f.create_dataset(key, data=_values("<f8", (40, 3), rng), chunks=(16, 2), maxshape=(None, None), fillvalue=-1.0)
+    dataset = f.create_dataset(
+        key, data=_values("<f8", (40, 3), rng), chunks=(16, 2), maxshape=(None, None), fillvalue=-1.0
+    )
     dataset.resize((N + 40, 5))
     dataset[60:70] = 2.0
     dataset.resize((N - 10, 3))  # shrinking drops chunks and fills the cut part of edge chunks
@@ -249,7 +259,7 @@ def written(tmp_path_factory):
     rng = np.random.default_rng(8)
     path = os.fspath(folder / "matrix.h5")
     with h5py.File(path, "w") as f:
-        for name, (write, _mode) in CASES.items():
+        for write, _mode in CASES.values():
             write(f, rng)
     # A userblock shifts every address: offsets from h5py are absolute in the file.
     shifted = os.fspath(folder / "userblock.h5")
@@ -301,7 +311,11 @@ def test_fill_time_never_returns_zeros_not_leftover_memory(written):
 
 def test_fill_values_as_h5py_returns_them(written):
     path, _ = written
-    for key, fill in [("unwritten-alloc-5-gzip", 5), ("unwritten-ifset-5-raw", 5), ("unwritten-ifset-None-raw", 0)]:
+    for key, fill in [
+        ("unwritten-alloc-5-gzip", 5),
+        ("unwritten-ifset-5-raw", 5),
+        ("unwritten-ifset-None-raw", 0),
+    ]:
         with npstream.open(path, key=key) as src:
             assert (src.read(0, 20) == fill).all()
 
@@ -387,7 +401,9 @@ def test_partial_edge_chunk_option_can_be_asked():
 # -- threads and processes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["chunks-(16, 3, 2)-gzip-shuffle", "filter-shuffle-gzip-fletcher32->u2", "fallback-lzf"])
+@pytest.mark.parametrize(
+    "name", ["chunks-(16, 3, 2)-gzip-shuffle", "filter-shuffle-gzip-fletcher32->u2", "fallback-lzf"]
+)
 def test_many_threads_reading_one_source(written, name):
     path, _ = written
     expected = oracle(path, name)
@@ -428,7 +444,12 @@ def test_pickled_to_workers(written, method):
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method}")
     path, _ = written
-    names = ["chunks-(5, 7, 1)-gzip-shuffle", "unwritten-never-5-gzip", "contiguous-compound", "fallback-bzip2"]
+    names = [
+        "chunks-(5, 7, 1)-gzip-shuffle",
+        "unwritten-never-5-gzip",
+        "contiguous-compound",
+        "fallback-bzip2",
+    ]
     sources = [npstream.open(path, key=name) for name in names]
     for src in sources:
         src.read(0, len(src))  # open handles in the parent first
