@@ -513,3 +513,37 @@ def test_through_tf_every_row_once(written, tmp_path, name, shuffle):
             np.testing.assert_array_equal(np.concatenate(values), expected[order])
         if shuffle is False:
             assert np.array_equal(order, np.arange(len(expected)))
+
+
+# -- each chunk decoded once ----------------------------------------------------------------------
+
+
+def test_each_chunk_is_decoded_once_per_read_rows_call_and_row_by_row(tmp_path, monkeypatch, rng):
+    from npstream._formats.hdf5_chunks import ChunkReader
+
+    path = os.fspath(tmp_path / "c.h5")
+    values = rng.standard_normal((100, 6))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=values, chunks=(10, 3), **_gzip())
+    decoded: list[int] = []
+    real = ChunkReader._chunk
+
+    def counting(self, position):
+        decoded.append(position)
+        return real(self, position)
+
+    monkeypatch.setattr(ChunkReader, "_chunk", counting)
+    with npstream.open(path, key="x") as src:
+        rows = np.unique(rng.integers(0, 100, size=60))
+        out = np.empty((len(rows), 6))
+        src.read_rows(rows, out)
+        assert_rows_equal(out, values[rows])
+        touched = len(np.unique(rows // 10)) * 2  # two chunks across each row of chunks
+        assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == touched
+        decoded.clear()
+        for i in range(100):  # each read uses part of its chunks: neighbours reuse them
+            assert_rows_equal(src[i], values[i])
+        assert len(decoded) == 20
+        decoded.clear()
+        assert_rows_equal(src.read(0, 100), values)  # whole chunks are decoded, not cached
+        assert len(decoded) == 20
