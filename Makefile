@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_tf.py
 	$(PY) benchmarks/bench_write.py
+	$(PY) benchmarks/bench_hdf5.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

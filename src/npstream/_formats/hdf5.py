@@ -92,16 +92,24 @@ def _find_dataset(file: Any, key: str | None, path: str) -> Any:
 
 
 def _libhdf5() -> Any:
-    """The HDF5 library h5py loaded, through ctypes (Linux: found in the process's maps)."""
+    """The HDF5 library h5py loaded, through ctypes (Linux: found in the process's maps).
+
+    Another package may have loaded a second copy (e.g. a plugin's own); h5py's is the one in
+    h5py's wheel directory, or the only one there is. Anything else is ambiguous: not asked.
+    """
     import ctypes
 
+    found: set[str] = set()
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.rsplit(" ", 1)[-1].strip()
             base = os.path.basename(path)
             if base.startswith("libhdf5") and "_hl" not in base and ".so" in base:
-                return ctypes.CDLL(path)
-    raise OSError("libhdf5 is not loaded")
+                found.add(path)
+    ours = [path for path in found if "h5py" in path] if len(found) > 1 else sorted(found)
+    if len(ours) != 1:
+        raise OSError(f"cannot tell which HDF5 library h5py uses among {sorted(found)}")
+    return ctypes.CDLL(ours[0])
 
 
 def _partial_chunks_unfiltered(dcpl: Any) -> bool | None:

@@ -48,7 +48,7 @@ def _info(layout: ArrayLayout) -> dict[str, Any]:
         "data_bytes": layout.data_bytes,
         "file_bytes": layout.file_bytes,
         "consistent": problem is None,
-        "trailing_bytes": max(layout.file_bytes - end, 0) if addressable and layout.format != "npz" else None,
+        "trailing_bytes": max(layout.file_bytes - end, 0) if addressable and layout.format in ("npy", "raw") else None,
         "problem": problem,
     }
 
