@@ -547,3 +547,53 @@ def test_each_chunk_is_decoded_once_per_read_rows_call_and_row_by_row(tmp_path, 
         decoded.clear()
         assert_rows_equal(src.read(0, 100), values)  # whole chunks are decoded, not cached
         assert len(decoded) == 20
+
+
+# -- any byte source, any installed codecs ------------------------------------------------------------
+
+
+class RemoteLike:
+    """A ByteSource that is not local: h5py must read the metadata through open_stream."""
+
+    kind = "remote"
+
+    def __init__(self, path: str) -> None:
+        from npstream._storage import LocalFile
+
+        self._file = LocalFile(path)
+        self.name = f"remote://{path}"
+        self.size = self._file.size
+        self.identity = self._file.identity
+        self.reads = 0
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self.reads += 1
+        self._file.read_into(offset, buf)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["contiguous->i8", "chunks-(16, 3, 2)-gzip-shuffle", "unwritten-never-5-gzip", "fallback-lzf"]
+)
+def test_a_non_local_byte_source(written, name):
+    path, _ = written
+    data = RemoteLike(path)
+    src = npstream.HDF5Source(data, name)
+    assert src.name.startswith("remote://")
+    before = data.reads
+    assert_rows_equal(src.read(0, len(src)), oracle(path, name))
+    assert data.reads > before  # every path reads through the byte source, fallback included
+    src.close()
+
+
+def test_missing_codec_library_falls_back_to_h5py(written, monkeypatch):
+    import sys
+
+    path, _ = written
+    monkeypatch.setitem(sys.modules, "numcodecs", None)  # import numcodecs now fails
+    with npstream.open(path, key="filter-blosc-<f4") as src:
+        assert src.mode == "h5py"
+        assert "numcodecs" in src.fallback_reason and "npstream[codecs]" in src.fallback_reason
+        assert_rows_equal(src.read(0, N), oracle(path, "filter-blosc-<f4"))
