@@ -249,7 +249,10 @@ def _describe_dataset(h5py: Any, data: ByteSource, dataset: Any) -> _Description
     if dcpl.get_fill_time() == h5py.h5d.FILL_TIME_NEVER:
         fill = np.zeros((), dtype=element)
     else:
-        fill = np.asarray(dataset.fillvalue, dtype=element)
+        try:
+            fill = np.asarray(dataset.fillvalue, dtype=element)
+        except (TypeError, ValueError, OSError) as exc:
+            return through_h5py(f"its fill value has no numpy form here ({exc})")
     return _Description(
         **common,  # type: ignore[arg-type]
         mode="chunks",
