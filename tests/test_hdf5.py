@@ -597,3 +597,11 @@ def test_missing_codec_library_falls_back_to_h5py(written, monkeypatch):
         assert src.mode == "h5py"
         assert "numcodecs" in src.fallback_reason and "npstream[codecs]" in src.fallback_reason
         assert_rows_equal(src.read(0, N), oracle(path, "filter-blosc-<f4"))
+
+
+def test_constructed_from_a_path(written):
+    path, _ = written
+    with npstream.HDF5Source(path, "contiguous-<f4") as src:
+        assert_rows_equal(src.read(0, N), oracle(path, "contiguous-<f4"))
+    with pytest.raises(npstream.UsageError, match="no dataset 'nope'"):
+        npstream.HDF5Source(path, "nope")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import FormatError, ReadError, UsageError
-from .._storage import ByteSource, open_stream
+from .._storage import ByteSource, open_bytes, open_stream
 from .codecs import pipeline
 from .file import FileSource
 from .hdf5_chunks import ChunkIndex, ChunkReader
@@ -272,11 +272,27 @@ def describe_hdf5(data: ByteSource, key: str | None) -> ArrayLayout:
 class HDF5Source(SourceBase):
     """Rows of one HDF5 dataset, read through its byte source (h5py for metadata and fallback).
 
+    ``data`` is a :class:`~npstream._storage.ByteSource` (which the source then owns and closes)
+    or a path; ``key`` names the dataset (optional when the file has one top-level dataset).
+
     Thread-safe; contiguous and chunked datasets are read without any lock. Picklable: the copy
     reuses the description (and chunk index) and reopens the byte source lazily.
     """
 
-    def __init__(self, data: ByteSource, key: str | None = None, *, _description: _Description | None = None):
+    def __init__(
+        self,
+        data: ByteSource | str | os.PathLike[str],
+        key: str | None = None,
+        *,
+        _description: _Description | None = None,
+    ):
+        if isinstance(data, (str, os.PathLike)):
+            data = open_bytes(os.fspath(data))
+            try:
+                _description = _describe(data, key)
+            except BaseException:
+                data.close()  # opened here, so closed here: a refused dataset keeps no file open
+                raise
         self.data = data
         self._description = _describe(data, key) if _description is None else _description
         d = self._description
