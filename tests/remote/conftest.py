@@ -60,6 +60,14 @@ def _write_inputs(root: str) -> None:
         save(f"shards/part-{i:03d}.npy", random_array("<f4", (1000 + 37 * i, 6), rng))
     save("shards/sub/part-999.npy", random_array("<f4", (10, 6), rng))  # * must not reach it
     save("shards/other-000.npy", random_array("<f4", (10, 6), rng))
+    import h5py
+
+    with h5py.File(os.path.join(root, "tables.h5"), "w") as f:
+        f["contiguous"] = random_array("<f4", (3000, 8), rng)
+        f.create_dataset("gzip", data=random_array(">i8", (2500, 5), rng), chunks=(100, 5),
+                         compression="gzip", shuffle=True)  # fmt: skip
+        f.create_dataset("group/compound", data=random_array(STRUCTURED_DTYPES["struct"], (1500,), rng),
+                         chunks=(64,), compression="gzip")  # fmt: skip
     open(os.path.join(root, "empty.bin"), "wb").close()
     with open(os.path.join(root, "notes.txt"), "w") as fp:
         fp.write("not an array\n")
@@ -75,6 +83,11 @@ def oracle(root: str, name: str, **kwargs) -> np.ndarray:
     if name.endswith(".npz"):
         with np.load(path) as archive:
             return archive[kwargs["key"]]
+    if name.endswith(".h5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return f[kwargs["key"]][()]
     return np.load(path)
 
 

@@ -11,7 +11,7 @@ from .._errors import FormatError, UsageError
 from .._storage import ByteSource, glob_remote, is_url, open_bytes, read_bytes
 from .concat import ConcatSource
 from .file import FileSource
-from .hdf5 import HDF5_MAGIC, HDF5Source
+from .hdf5 import HDF5_MAGIC, HDF5Source, describe_hdf5
 from .layout import ArrayLayout
 from .npy import MAGIC as NPY_MAGIC
 from .npy import describe_npy
@@ -82,32 +82,23 @@ def describe_bytes(
     shape: int | Sequence[int] | None,
     offset: int,
     order: str,
+    kind: str | None = None,
 ) -> ArrayLayout:
-    """:func:`describe` for an already opened byte source (left open)."""
+    """:func:`describe` for an already opened byte source (left open); ``kind`` if sniffed."""
     path = data.name
     if dtype is not None:
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not raw binary data")
         return describe_raw(data, dtype=dtype, shape=shape, offset=offset, order=order)
     _refuse_raw_arguments(path, shape, offset, order)
-    kind = sniff_format(data)
+    kind = kind or sniff_format(data)
     if kind == "npy":
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not .npy")
         return describe_npy(data)
     if kind == "npz":
         return describe_npz(data, key)
-    _refuse_remote_hdf5(data)
-    with HDF5Source(path, key) as source:
-        return source.layout
-
-
-def _refuse_remote_hdf5(data: ByteSource) -> None:
-    if data.kind != "local":
-        raise UsageError(
-            f"{data.name}: HDF5 files in object stores are not read yet (their metadata needs many "
-            "small reads); copy the file locally, or convert the dataset to .npy"
-        )
+    return describe_hdf5(data, key)
 
 
 def expand_paths(
@@ -153,11 +144,10 @@ def _open_one(path: str, key: str | None, raw: dict[str, Any], where: dict[str, 
         _refuse_raw_arguments(path, raw["shape"], raw["offset"], raw["order"])
     data = open_bytes(path, **where)
     try:
-        if raw["dtype"] is None and sniff_format(data) == "hdf5":
-            _refuse_remote_hdf5(data)
-            data.close()
-            return HDF5Source(path, key)
-        return FileSource(describe_bytes(data, key=key, **raw), data)
+        kind = None if raw["dtype"] is not None else sniff_format(data)
+        if kind == "hdf5":
+            return HDF5Source(data, key)
+        return FileSource(describe_bytes(data, key=key, kind=kind, **raw), data)
     except BaseException:
         data.close()
         raise

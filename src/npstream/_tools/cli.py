@@ -36,6 +36,8 @@ def _info(layout: ArrayLayout) -> dict[str, Any]:
         except FormatError as exc:
             problem = str(exc)
     addressable = layout.offset >= 0
+    # Bytes after the data mean something in a .npy or raw file, not inside an HDF5 or zip file.
+    plain = addressable and layout.format in ("npy", "raw")
     end = layout.offset + layout.data_bytes
     return {
         "path": layout.path,
@@ -50,7 +52,7 @@ def _info(layout: ArrayLayout) -> dict[str, Any]:
         "data_bytes": layout.data_bytes,
         "file_bytes": layout.file_bytes,
         "consistent": problem is None,
-        "trailing_bytes": max(layout.file_bytes - end, 0) if addressable and layout.format != "npz" else None,
+        "trailing_bytes": max(layout.file_bytes - end, 0) if plain else None,
         "problem": problem,
     }
 
