@@ -10,7 +10,7 @@ DEMO_DIR ?= /tmp/npstream-demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,codecs,remote,plot,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,9 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_tf.py
+	$(PY) benchmarks/bench_write.py
+	$(PY) benchmarks/bench_remote.py
+	$(PY) benchmarks/bench_hdf5.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -335,3 +335,27 @@ def test_bad_arguments(indexed_file, kwargs) -> None:
 
 def test_parse_bytes_is_binary() -> None:
     assert parse_bytes("1.5GB") == 3 << 29
+
+
+def test_big_rows_work_with_the_default_budget(tmp_path) -> None:
+    """Issue 8's tile example: 1.7 MB rows in batches of 32 need more than a fixed 256 MB."""
+    shape = (70, 256, 256, 13)
+    tiles = np.lib.format.open_memmap(tmp_path / "tiles.npy", mode="w+", dtype="<u2", shape=shape)
+    for i in range(len(tiles)):
+        tiles[i] = i
+    tiles.flush()
+    del tiles
+    np.save(tmp_path / "labels.npy", np.arange(70, dtype=np.int64))
+    b = npstream.batches((os.fspath(tmp_path / "tiles.npy"), os.fspath(tmp_path / "labels.npy")),
+                         batch_size=32, shuffle=True, seed=1)  # fmt: skip
+    batch_bytes = 32 * (256 * 256 * 13 * 2 + 8)
+    assert b.memory_budget >= core.WINDOWS_ALIVE * batch_bytes
+    seen = []
+    for x, y in b:
+        assert x.shape[1:] == (256, 256, 13)
+        np.testing.assert_array_equal(x[:, 0, 0, 0], y)  # tiles and labels stay aligned
+        assert all((x[k] == y[k]).all() for k in range(len(y)))
+        seen.extend(y.tolist())
+    assert sorted(seen) == list(range(70))
+    with pytest.raises(UsageError, match="memory_budget"):  # an explicit budget stays strict
+        npstream.batches(os.fspath(tmp_path / "tiles.npy"), batch_size=32, memory_budget="256MB")

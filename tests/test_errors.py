@@ -529,7 +529,7 @@ def test_npz_several_members_without_key(tmp_path):
 def test_npz_compressed_member(tmp_path):
     path = os.fspath(tmp_path / "small.npz")
     np.savez_compressed(path, x=np.zeros(100))
-    open_fails(path, npstream.FormatError, path, "compressed", "np.savez", key="x")
+    open_fails(path, npstream.FormatError, path, "compressed", "np.savez", "npstream convert", key="x")
 
 
 def test_npz_member_that_is_not_npy(tmp_path):

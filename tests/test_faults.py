@@ -234,22 +234,33 @@ def test_read_after_close_is_an_error(tmp_path):
     assert path in str(info.value) and "closed" in str(info.value)
 
 
-def test_hdf5_read_error_surfaces_as_os_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["contiguous", "gzip", "lzf"])
+def test_hdf5_read_error_surfaces_as_os_error(tmp_path, monkeypatch, layout):
+    """Contiguous and gzip chunks are read with os.preadv; lzf falls back to h5py's reads."""
     h5py = pytest.importorskip("h5py")
     path = os.fspath(tmp_path / "x.h5")
     with h5py.File(path, "w") as f:
-        f["x"] = np.arange(20.0)
+        options = {"contiguous": {}, "gzip": {"compression": "gzip"}, "lzf": {"compression": "lzf"}}
+        chunks = None if layout == "contiguous" else (5,)
+        f.create_dataset("x", data=np.arange(20.0), chunks=chunks, **options[layout])
     with npstream.open(path, key="x") as source:
-        def failing(self, *args, **kwargs):
+        assert source.mode == ("h5py" if layout == "lzf" else layout.replace("gzip", "chunks"))
+
+        def failing(*args, **kwargs):
             raise OSError(errno.EIO, "Can't read data (simulated)")
 
-        monkeypatch.setattr(h5py.Dataset, "read_direct", failing)
+        if layout == "lzf":
+            monkeypatch.setattr(h5py.Dataset, "read_direct", failing)
+        else:
+            monkeypatch.setattr(os, "preadv", failing)
         with pytest.raises(OSError) as info:
             source.read(0, 5)
         assert isinstance(info.value, npstream.ReadError)
         assert info.value.errno == errno.EIO
         assert path in str(info.value) and "Can't read data (simulated)" in str(info.value)
         assert isinstance(info.value.__cause__, OSError)
+        monkeypatch.undo()
+        assert same_values(source.read(0, 20), np.arange(20.0))
 
 
 # -- nothing left behind ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ._formats.concat import ConcatSource
 from ._formats.file import FileSource
 from ._formats.hdf5 import HDF5Source
 from ._formats.layout import ArrayLayout
+from ._formats.npy_writer import NpyWriter, save
 from ._formats.open import open
 from ._formats.source import ArraySource
 
@@ -25,10 +26,12 @@ __all__ = [
     "FormatError",
     "HDF5Source",
     "NpstreamError",
+    "NpyWriter",
     "ReadError",
     "UsageError",
     "batches",
     "open",
+    "save",
 ]
 
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import secrets
 import sys
 import threading
 import weakref
@@ -39,6 +40,13 @@ from ._errors import UsageError
 
 __all__ = ["dataset"]
 
+FOREIGN_READ = (
+    "npstream: a window did not come from the read function of this dataset. npstream datasets "
+    "read through Python in the process that built them; the tf.data service (or any other process "
+    "running this graph) cannot run that function and may run an unrelated one under its name. "
+    "Give each trainer its own input pipeline instead (input_context or num_shards); see the README "
+    "section Training on many machines"
+)
 PARALLEL_READS = 1
 """Window requests TensorFlow keeps open at once. The reads run ahead in the core's scheduler, so
 a request usually finds its window read; a second concurrent request only added a waiting thread
@@ -257,9 +265,15 @@ def dataset(
     def begin_epoch(_: np.int64) -> np.int64:
         return np.int64(live().begin_epoch())
 
+    # Every window comes with this dataset's token, checked by a graph op. A graph names its
+    # Python functions only by a per-process counter ("pyfunc_0"), so a process other than this
+    # one (a tf.data service worker) runs whatever function it registered under that name: without
+    # the check, its output would pass for data (seen: 782 batches of a constant).
+    token = secrets.randbits(63)
+
     def read_window(epoch: np.int64, window: np.int64) -> list[np.ndarray]:
         with _in_flight:
-            return live().read(int(epoch), int(window))
+            return [*live().read(int(epoch), int(window)), np.int64(token)]
 
     @tf.autograph.experimental.do_not_convert
     def epoch_number(dummy: Any) -> Any:
@@ -273,7 +287,12 @@ def dataset(
 
     @tf.autograph.experimental.do_not_convert
     def read_op(epoch: Any, window: Any) -> Any:
-        tensors = tf.numpy_function(read_window, [epoch, window], tf_dtypes, stateful=False)
+        *tensors, got = tf.numpy_function(
+            read_window, [epoch, window], [*tf_dtypes, tf.int64], stateful=False
+        )
+        check = tf.debugging.assert_equal(got, tf.constant(token, tf.int64), message=FOREIGN_READ)
+        with tf.control_dependencies([check]):
+            tensors = [tf.identity(tensor) for tensor in tensors]
         for tensor, leaf in zip(tensors, spec.leaves, strict=True):
             tensor.set_shape((None, batch_dim, *leaf.row_shape))
         return tuple(tensors)

@@ -5,11 +5,13 @@ in the archive after its local file header. ``zipfile`` finds the member (zip64 
 local header is read here because its extra field may differ in length from the central
 directory's, and ``zipfile`` does not expose where the data starts. Compressed members
 (``np.savez_compressed``) are refused: random access into a deflate stream means decompressing
-from its start for every block.
+from its start for every block. The message points to ``npstream convert``, which decompresses
+the member once, sequentially, into a ``.npy``.
 """
 
 from __future__ import annotations
 
+import shlex
 import struct
 import zipfile
 from typing import BinaryIO
@@ -19,7 +21,7 @@ from .._storage import ByteSource, open_stream
 from .layout import ArrayLayout
 from .npy import read_npy_layout
 
-__all__ = ["describe_npz", "npz_keys"]
+__all__ = ["describe_npz", "find_member", "npz_keys", "open_zip"]
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # APPNOTE.TXT 4.3.7, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -30,7 +32,7 @@ _COMPRESSION = {
 }
 
 
-def _open_zip(fp: BinaryIO, path: str) -> zipfile.ZipFile:
+def open_zip(fp: BinaryIO, path: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(fp)
     except zipfile.BadZipFile as exc:
@@ -40,12 +42,18 @@ def _open_zip(fp: BinaryIO, path: str) -> zipfile.ZipFile:
         ) from exc
 
 
+def _npy_name(path: str, member: str) -> str:
+    """A suggested output name for ``member`` of ``path``: ``d.npz`` + ``x`` -> ``d-x.npy``."""
+    stem = path[:-4] if path.lower().endswith(".npz") else path
+    return f"{stem}-{member.replace('/', '-')}.npy"
+
+
 def npz_keys(archive: zipfile.ZipFile) -> list[str]:
     """Array names as ``np.load`` shows them: member names without ``.npy``."""
     return [n[:-4] if n.endswith(".npy") else n for n in archive.namelist()]
 
 
-def _find_member(archive: zipfile.ZipFile, path: str, key: str | None) -> zipfile.ZipInfo:
+def find_member(archive: zipfile.ZipFile, path: str, key: str | None) -> zipfile.ZipInfo:
     keys = npz_keys(archive)
     if key is None:
         if len(keys) == 1:
@@ -65,9 +73,9 @@ def describe_npz(data: ByteSource, key: str | None) -> ArrayLayout:
     """The layout of member ``key`` of the ``.npz`` archive ``data`` (no consistency check)."""
     path, file_bytes = data.name, data.size
     with open_stream(data) as raw:
-        archive = _open_zip(raw, path)
+        archive = open_zip(raw, path)
         with archive:
-            info = _find_member(archive, path, key)
+            info = find_member(archive, path, key)
             member = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             name = f"{path}[{member}]"
             if info.flag_bits & 0x1:
@@ -77,8 +85,10 @@ def describe_npz(data: ByteSource, key: str | None) -> ArrayLayout:
                 raise FormatError(
                     f"{name}: the member is {method}-compressed (np.savez_compressed); npstream "
                     "reads members in place and would have to decompress from the start for every "
-                    "block. Re-save with np.savez (uncompressed), or extract the member "
-                    f"(`unzip {path} {info.filename}`) and open the .npy"
+                    f"block. Convert it once: `npstream convert {shlex.quote(path)} "
+                    f"{shlex.quote(_npy_name(path, member))} --key {shlex.quote(member)}` (streams the "
+                    "member out in bounded memory), or re-save with "
+                    "np.savez (uncompressed)"
                 )
             raw.seek(info.header_offset)
             local = raw.read(_LOCAL_HEADER.size)

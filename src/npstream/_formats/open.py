@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._errors import FormatError, UsageError
-from .._storage import ByteSource, open_bytes, read_bytes
+from .._storage import ByteSource, glob_remote, is_url, open_bytes, read_bytes
 from .concat import ConcatSource
 from .file import FileSource
-from .hdf5 import HDF5_MAGIC, HDF5Source
+from .hdf5 import HDF5_MAGIC, HDF5Source, describe_hdf5
 from .layout import ArrayLayout
 from .npy import MAGIC as NPY_MAGIC
 from .npy import describe_npy
@@ -60,9 +60,14 @@ def describe(
     shape: int | Sequence[int] | None = None,
     offset: int = 0,
     order: str = "C",
+    storage_options: Mapping[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> ArrayLayout:
-    """The layout of one file without the consistency check (``npstream info`` shows both)."""
-    data = open_bytes(path)
+    """The layout of one file without the consistency check (``npstream info`` shows both).
+
+    For a URL this reads only the header: one request in the common case.
+    """
+    data = open_bytes(path, storage_options=storage_options, filesystem=filesystem)
     try:
         return describe_bytes(data, key=key, dtype=dtype, shape=shape, offset=offset, order=order)
     finally:
@@ -77,54 +82,72 @@ def describe_bytes(
     shape: int | Sequence[int] | None,
     offset: int,
     order: str,
+    kind: str | None = None,
 ) -> ArrayLayout:
-    """:func:`describe` for an already opened byte source (left open)."""
+    """:func:`describe` for an already opened byte source (left open); ``kind`` if sniffed."""
     path = data.name
     if dtype is not None:
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not raw binary data")
         return describe_raw(data, dtype=dtype, shape=shape, offset=offset, order=order)
     _refuse_raw_arguments(path, shape, offset, order)
-    kind = sniff_format(data)
+    kind = kind or sniff_format(data)
     if kind == "npy":
         if key is not None:
             raise UsageError(f"{path}: key= applies to .npz and HDF5 files, not .npy")
         return describe_npy(data)
     if kind == "npz":
         return describe_npz(data, key)
-    with HDF5Source(path, key) as source:
-        return source.layout
+    return describe_hdf5(data, key)
 
 
-def expand_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
-    """A path, a glob or a list of paths/globs -> files; each glob sorted by name."""
+def expand_paths(
+    paths: PathLike | Sequence[PathLike],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    filesystem: Any = None,
+) -> list[str]:
+    """A path, a glob or a list of paths/globs -> files; each glob sorted by name.
+
+    URL globs (``s3://bucket/shards/x-*.npy``) list the object store; ``*`` does not cross
+    ``/``, as in a local glob. With ``filesystem`` every glob goes to ``filesystem.glob``.
+    """
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
         raise UsageError("npstream.open: the list of files is empty")
     files: list[str] = []
     for item in items:
         item = os.fspath(item)
-        # A file that exists is taken literally, even if its name has glob characters ("a[1].npy").
-        if glob.has_magic(item) and not os.path.exists(item):
+        if not glob.has_magic(item):
+            files.append(item)
+        elif filesystem is not None or is_url(item):
+            files.extend(glob_remote(item, storage_options=storage_options, filesystem=filesystem))
+        elif os.path.exists(item):
+            # A file that exists is taken literally, even if its name has glob characters ("a[1].npy").
+            files.append(item)
+        else:
             matches = sorted(glob.glob(item))
             if not matches:
                 raise FileNotFoundError(2, f"no files match the pattern {item!r}", item)
             files.extend(matches)
-        else:
-            files.append(item)
+    if storage_options is not None and filesystem is None and not any(is_url(f) for f in files):
+        raise UsageError(
+            f"storage_options apply to object-store URLs (s3://, gs://, az://, http(s)://), and "
+            f"{files[0]!r} is a local path"
+        )
     return files
 
 
-def _open_one(path: str, key: str | None, raw: dict[str, Any]) -> ArraySource:
+def _open_one(path: str, key: str | None, raw: dict[str, Any], where: dict[str, Any]) -> ArraySource:
     if raw["dtype"] is None:
         # Checked before sniffing: an HDF5 file would otherwise ignore shape=, offset= and order=.
         _refuse_raw_arguments(path, raw["shape"], raw["offset"], raw["order"])
-    data = open_bytes(path)
+    data = open_bytes(path, **where)
     try:
-        if raw["dtype"] is None and sniff_format(data) == "hdf5":
-            data.close()
-            return HDF5Source(path, key)
-        return FileSource(describe_bytes(data, key=key, **raw), data)
+        kind = None if raw["dtype"] is not None else sniff_format(data)
+        if kind == "hdf5":
+            return HDF5Source(data, key)
+        return FileSource(describe_bytes(data, key=key, kind=kind, **raw), data)
     except BaseException:
         data.close()
         raise
@@ -138,6 +161,8 @@ def open(
     shape: int | Sequence[int] | None = None,
     offset: int = 0,
     order: str = "C",
+    storage_options: Mapping[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> ArraySource:
     """Open an on-disk array for reading by rows.
 
@@ -146,15 +171,20 @@ def open(
     axis 0 in the order given (each glob sorted by name). ``key`` names the ``.npz`` member or
     HDF5 dataset. ``shape``, ``offset`` and ``order`` describe raw files; one ``-1`` in ``shape``
     is inferred from the file size.
+
+    ``path`` may also be an object-store URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``),
+    a list of them, or a glob over an object store; ``storage_options`` configures the store
+    (README, "Object stores"). ``filesystem`` reads every path through an fsspec filesystem.
     """
     raw = {"dtype": dtype, "shape": shape, "offset": offset, "order": order}
-    files = expand_paths(path)
+    where = {"storage_options": storage_options, "filesystem": filesystem}
+    files = expand_paths(path, **where)
     if len(files) == 1:
-        return _open_one(files[0], key, raw)
+        return _open_one(files[0], key, raw, where)
     parts: list[ArraySource] = []
     try:
         for file in files:
-            parts.append(_open_one(file, key, raw))
+            parts.append(_open_one(file, key, raw, where))
         if isinstance(path, (str, os.PathLike)):
             name = os.fspath(path)
         else:
