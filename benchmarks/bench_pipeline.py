@@ -72,6 +72,7 @@ SCENARIOS = {
     )
 }
 MODES = ("none", "block", "global")
+CONSUMERS = ("tf", "batches")
 SHUFFLE = {"none": False, "block": True, "global": "global"}
 COLD_GRID = [(t, p << 20) for t in (8, 16, 32) for p in (1, 2, 4, 8)]
 
@@ -335,7 +336,9 @@ def run_child(job: dict, timeout: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dir", default="/tmp/npstream-speed")
     parser.add_argument("--size", type=int, default=4 * GIB, help="bytes in the data file")
     parser.add_argument("--runs", type=int, default=3)
@@ -409,7 +412,7 @@ def report(records: list[dict]) -> str:
 
     rows = []
     keys = sorted(
-        {(r["scenario"], r["mode"], r["temp"]) for r in records if r["kind"].split(":")[0] in ("tf", "batches")},
+        {(r["scenario"], r["mode"], r["temp"]) for r in records if r["kind"].split(":")[0] in CONSUMERS},
         key=lambda k: (list(SCENARIOS).index(k[0]), k[2] != "warm", MODES.index(k[1])),
     )
     for sc, mode, temp in keys:
@@ -427,14 +430,10 @@ def report(records: list[dict]) -> str:
                 continue
             speed = median([r["speed"] for r in rs])
             ratios = [r["speed"] / lim for r in rs if (lim := limit(r["run"], sc, mode, temp))]
-            rate = f"{speed / GIB:.2f}" if mode != "global" else f"{speed / SCENARIOS[sc].row_bytes / 1e6:.2f}M rows/s"
+            rows_per_s = speed / SCENARIOS[sc].row_bytes / 1e6
+            rate = f"{speed / GIB:.2f}" if mode != "global" else f"{rows_per_s:.2f}M rows/s"
             cells += [rate, f"{median(ratios):.2f}" if ratios else ""]
-        both = [
-            a["speed"] / b["speed"]
-            for a in per["batches"]
-            for b in per["tf"]
-            if a["run"] == b["run"]
-        ]
+        both = [a["speed"] / b["speed"] for a in per["batches"] for b in per["tf"] if a["run"] == b["run"]]
         cells.append(f"{median(both):.2f}" if both else "")
         tf_runs = per["tf"] or per["batches"]
         cells.append(f"{median([r['first'] for r in tf_runs]) * 1000:.0f}" if tf_runs else "")
@@ -447,8 +446,10 @@ def report(records: list[dict]) -> str:
         else:
             cells += ["", ""]
         rows.append(cells)
-    headers = ["rows", "order", "cache", "limit GiB/s", "tf GiB/s", "tf / limit", "batches GiB/s",
-               "batches / limit", "batches / tf", "first batch ms", "peak RSS / budget MiB", "in flight"]  # fmt: skip
+    headers = [
+        "rows", "order", "cache", "limit GiB/s", "tf GiB/s", "tf / limit", "batches GiB/s",
+        "batches / limit", "batches / tf", "first batch ms", "peak RSS / budget MiB", "in flight",
+    ]  # fmt: skip
     lines = [table(headers, rows)]
     cold = [r for r in records if r["kind"] == "cold-limit"]
     if cold:

@@ -158,9 +158,7 @@ class EpochPlan:
         if self.drop_remainder:
             return True
         n, shards = self.rows, self.num_shards
-        return all(
-            ((i + 1) * n // shards - i * n // shards) % self.batch_size == 0 for i in range(shards)
-        )
+        return all(((i + 1) * n // shards - i * n // shards) % self.batch_size == 0 for i in range(shards))
 
     def window_bounds(self, window: int) -> tuple[int, int]:
         """Positions ``[start, stop)`` of ``window`` in the epoch's row sequence."""
@@ -201,7 +199,7 @@ class EpochPlan:
         if self.shuffle == "global":
             wanted = global_positions(self.rows, epoch_seed, first, last)
             # Read in file order, merging adjacent rows into one read, then put rows in place.
-            order = np.argsort(wanted, kind="stable")
+            order = np.argsort(wanted)  # unique values: any sort is stable
             ranked = wanted[order]
             breaks = np.flatnonzero(np.diff(ranked) != 1) + 1
             starts = ranked[np.concatenate(([0], breaks))]

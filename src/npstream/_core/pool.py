@@ -104,10 +104,8 @@ class BufferPool:
                 if len(owners) < self.keep:
                     owners.append(owner)
         address = owner.ctypes.data
-        if skew is None or stride is not None:
-            start = -address % ALIGN
-        else:
-            start = (skew - address) % PAGE
+        placed = skew is not None and stride is None
+        start = (skew - address) % PAGE if placed else -address % ALIGN  # type: ignore[operator]
         return _layout(owner, start, shape, dtype, stride)
 
     def clear(self) -> None:

@@ -184,8 +184,8 @@ class ReadAhead:
             del self._slots[entry]
         if _closing:
             return
-        while (entry := self._queue.next_window()) is not None:
-            self._start(entry)
+        while (started := self._queue.next_window()) is not None:
+            self._start(started)
         while True:
             self._account()
             item = self._queue.next_piece(self._limit)
@@ -325,4 +325,3 @@ def shutdown() -> None:
 
 
 atexit.register(shutdown)
-

@@ -174,9 +174,7 @@ def _row_pieces(rows: np.ndarray, source: int, chunk_rows: int, profile: Profile
         cuts = np.searchsorted(chunks, chunks[cuts], side="left")
         cuts = np.where(cuts == 0, np.searchsorted(chunks, chunks[0], side="right"), cuts)
     bounds = np.unique(np.concatenate(([0], cuts, [count]))).tolist()
-    return [
-        Piece(source, a, b - a, rows=rows[a:b], scattered=True) for a, b in itertools.pairwise(bounds)
-    ]
+    return [Piece(source, a, b - a, rows=rows[a:b], scattered=True) for a, b in itertools.pairwise(bounds)]
 
 
 # -- which window, which piece ---------------------------------------------------------------

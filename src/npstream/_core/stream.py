@@ -85,9 +85,7 @@ def leaf_tree(source: int, dtype: np.dtype, row_shape: tuple[int, ...], path: tu
     if dtype.names is not None:
         fields = dtype.fields
         assert fields is not None
-        return {
-            name: leaf_tree(source, fields[name][0], row_shape, (*path, name)) for name in dtype.names
-        }
+        return {name: leaf_tree(source, fields[name][0], row_shape, (*path, name)) for name in dtype.names}
     if dtype.subdtype is not None:
         base, sub_shape = dtype.subdtype
         return leaf_tree(source, base, (*row_shape, *sub_shape), path)
@@ -433,6 +431,4 @@ def make_stream(
     )
     if seed is None:
         seed = secrets.randbits(63)
-    return StreamSpec(
-        sources=sources, structure=shape, plan=plan, seed=int(seed), memory_budget=budget
-    )
+    return StreamSpec(sources=sources, structure=shape, plan=plan, seed=int(seed), memory_budget=budget)

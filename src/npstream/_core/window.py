@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from .._storage.preads import native_available
 from .plan import Window
 from .pool import BufferPool
 from .reader import in_parallel
@@ -35,7 +36,7 @@ __all__ = ["WindowJob", "WindowReader"]
 class WindowJob:
     """One window being read: its plan, its buffers and its pieces."""
 
-    __slots__ = ("epoch", "leaves", "nbytes", "pieces", "reads", "window", "window_index")
+    __slots__ = ("epoch", "leaves", "nbytes", "pieces", "places", "reads", "window", "window_index")
 
     def __init__(self, epoch: int, window_index: int, window: Window) -> None:
         self.epoch = epoch
@@ -47,6 +48,8 @@ class WindowJob:
         self.leaves: list[np.ndarray] = []
         """The arrays handed on, in leaf order (filled by the pieces or by ``finish``)."""
         self.pieces: list[Piece] = []
+        self.places: list[np.ndarray | None] = []
+        """Per source, None, or where each row in read order goes in ``reads`` (scattered reads)."""
         self.nbytes = 0
 
 
@@ -70,6 +73,15 @@ class WindowReader:
         self._direct = [s.dtype.names is None for s in spec.sources]
         self._chunks = [max(1, int(getattr(s, "chunk_rows", 1) or 1)) for s in spec.sources]
 
+    def _scatter(self, index: int, window: Window) -> bool:
+        """Whether source ``index`` reads ``window``'s rows straight to their shuffled places."""
+        if not self._direct[index] or window.gather is None or window.sorted_rows is not None:
+            return False
+        if self._row_bytes[index] < scatter_min_row_bytes():
+            return False
+        can = getattr(self.spec.sources[index], "can_scatter", None)
+        return bool(can and can())
+
     # -- sizes -------------------------------------------------------------------------------
     def window_bytes(self, window: int) -> int:
         """Buffer bytes reading ``window`` takes (leaves, and scratch where rows are reordered)."""
@@ -92,6 +104,7 @@ class WindowReader:
         batches = win.rows // batch_rows if batch_rows else 0
         for index, source in enumerate(spec.sources):
             row_shape = tuple(source.shape[1:])
+            places = None
             if self._direct[index] and win.gather is None:
                 # Nothing to reorder or split: read straight into the array handed on, placed
                 # for direct reads where the source does those.
@@ -101,6 +114,14 @@ class WindowReader:
                 )
                 job.reads.append(target)
                 job.leaves.append(target)
+            elif self._scatter(index, win):
+                # Each row read straight to where the shuffle puts it: no scratch, no gather.
+                target = self._pool.get((batches, batch_rows, *row_shape), source.dtype, self.align_batches)
+                assert win.gather is not None
+                places = np.empty(win.rows, dtype=np.int64)
+                places[win.gather] = np.arange(win.rows, dtype=np.int64)
+                job.reads.append(target)
+                job.leaves.append(target)
             else:
                 scratch = self._scratch.get((1, win.rows, *row_shape), source.dtype)
                 job.reads.append(scratch)
@@ -108,6 +129,7 @@ class WindowReader:
                     if leaf.source == index:
                         shape = (batches, batch_rows, *leaf.row_shape)
                         job.leaves.append(self._pool.get(shape, leaf.dtype, self.align_batches))
+            job.places.append(places)
             job.pieces += window_pieces(win, index, self._row_bytes[index], self._chunks[index], self.profile)
         job.nbytes = sum(a.nbytes for a in job.reads) + sum(
             a.nbytes for a in job.leaves if not any(a is r for r in job.reads)
@@ -123,6 +145,12 @@ class WindowReader:
             source.read_rows(piece.rows, rows[piece.first : piece.first + piece.count])
             return
         position = piece.first
+        places = job.places[piece.source]
+        if places is not None:
+            for start, stop in piece.ranges:
+                source.read_scatter(start, stop, out, places[position : position + stop - start])  # type: ignore[attr-defined]
+                position += stop - start
+            return
         flat: np.ndarray | None = out.reshape(-1, *out.shape[2:]) if out.flags.c_contiguous else None
         batch_rows = out.shape[1]
         for start, stop in piece.ranges:
@@ -142,8 +170,8 @@ class WindowReader:
         leaves = iter(job.leaves)
         out: list[np.ndarray] = []
         for index, read in enumerate(job.reads):
-            if self._direct[index] and win.gather is None:
-                out.append(next(leaves))
+            if self._direct[index] and (win.gather is None or job.places[index] is not None):
+                out.append(next(leaves))  # read in place
                 continue
             rows = read.reshape(-1, *read.shape[2:])
             for leaf in spec.leaves:
@@ -166,6 +194,17 @@ class WindowReader:
         job = self.prepare(epoch, window)
         in_parallel([functools.partial(self.read_piece, job, piece) for piece in job.pieces])
         return self.finish(job)
+
+
+def scatter_min_row_bytes() -> int:
+    """Rows this large are read straight to their shuffled places in block shuffle; smaller
+    rows are read in file order and gathered (one read per row costs more than copying a small
+    row twice). Measured: see the README, "Performance"."""
+    return SCATTER_MIN_ROW_BYTES if native_available() else SCATTER_MIN_ROW_BYTES_PYTHON
+
+
+SCATTER_MIN_ROW_BYTES = 4096
+SCATTER_MIN_ROW_BYTES_PYTHON = 16384
 
 
 def _gather(values: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .._errors import UsageError
 from .._storage import ByteSource, byte_view, open_bytes
 from .._storage.direct import DirectReads, direct_supported
 from .layout import ArrayLayout, check_fits, native_dtype
@@ -69,6 +70,73 @@ class FileSource(SourceBase):
             return None
         skew = (self.layout.offset + row * self._row_bytes) % 4096
         return skew if skew % 64 == 0 else None  # frameworks alias only 64-byte aligned arrays
+
+    # -- scattered rows ----------------------------------------------------------------------
+    def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill ``out[j]`` with row ``rows[j]`` (sorted ascending, no repeats).
+
+        Runs of adjacent rows are one range each, and all ranges go to the byte source in one
+        ``read_many`` call where it has one (local files: one system call for ranges less than
+        a page apart, native and without the GIL where it can be; ``_storage/preads.py``);
+        otherwise one ``read`` per run.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_out(out, len(rows))
+        if not len(rows) or not out.nbytes:
+            return out
+        if rows[0] < 0 or rows[-1] >= len(self) or (len(rows) > 1 and bool(np.any(rows[1:] <= rows[:-1]))):
+            raise UsageError(
+                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
+            )
+        read_many = getattr(self.data, "read_many", None)
+        if read_many is None or self._strided:
+            return super().read_rows(rows, out)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        stops = np.concatenate((breaks, [len(rows)]))
+        row_bytes = self._row_bytes
+        read_many(
+            self.layout.offset + rows[starts] * row_bytes,
+            (stops - starts) * row_bytes,
+            out.reshape(-1).view(np.uint8),
+            starts * row_bytes,
+        )
+        if self._swap:
+            self._to_native(out)
+        return out
+
+    def can_scatter(self) -> bool:
+        """Whether :meth:`read_scatter` can read rows straight to scattered places."""
+        return (
+            getattr(self.data, "read_many", None) is not None
+            and not self._strided
+            and not self._swap
+            and self.direct is None
+        )
+
+    def read_scatter(self, start: int, stop: int, out: np.ndarray, positions: np.ndarray) -> None:
+        """Rows ``[start, stop)`` into ``out`` rows ``positions`` (``out`` is ``(batches,
+        batch_rows, *row_shape)``, padded or not; position ``p`` is ``out[p // batch_rows,
+        p % batch_rows]``): one vectored read of the contiguous range, each row landing in place
+        (block shuffle without a gather pass). Only when :meth:`can_scatter`."""
+        start, stop = self._check_range(start, stop)
+        count = stop - start
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) != count or out.dtype != self.dtype or out.shape[2:] != self.shape[1:]:
+            raise UsageError(f"{self.name}: read_scatter got {len(positions)} positions for {count} rows")
+        if not count or not out.nbytes:
+            return
+        batch, row = np.divmod(positions, out.shape[1])
+        destinations = batch * out.strides[0] + row * out.strides[1]
+        span = (out.shape[0] - 1) * out.strides[0] + out.shape[1] * out.strides[1]
+        flat = np.lib.stride_tricks.as_strided(out.view(np.uint8), shape=(span,), strides=(1,))
+        row_bytes = self._row_bytes
+        self.data.read_many(  # type: ignore[attr-defined]
+            self.layout.offset + (start + np.arange(count, dtype=np.int64)) * row_bytes,
+            np.full(count, row_bytes, dtype=np.int64),
+            flat,
+            destinations,
+        )
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         if self._strided:
