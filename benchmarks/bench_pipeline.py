@@ -321,6 +321,9 @@ def jobs_for(args) -> list[dict]:
             jobs += [{"kind": "memmap", "scenario": name, "temp": t} for t in temps]
         for mode, temp, consumer in itertools.product(modes, temps, consumers):
             jobs.append({"kind": consumer, "scenario": name, "mode": mode, "temp": temp})
+            if args.direct and temp == "cold" and mode != "global" and consumer == "tf":
+                # What a file larger than memory gets (this one fits, so the default reads buffered).
+                jobs.append({"kind": "tf:direct", "scenario": name, "mode": mode, "temp": temp})
     return jobs
 
 
@@ -346,6 +349,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--temps", default="warm,cold")
     parser.add_argument("--consumers", default="tf,batches")
+    parser.add_argument(
+        "--no-direct", dest="direct", action="store_false",
+        help="skip the cold runs with direct reads forced (NPSTREAM_DIRECT_IO=1)",
+    )  # fmt: skip
     parser.add_argument("--out", help="append results here (JSON lines); default: DIR/results-<time>.jsonl")
     parser.add_argument("--report", help="print the table of an earlier run's JSON lines and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -412,18 +419,26 @@ def report(records: list[dict]) -> str:
 
     rows = []
     keys = sorted(
-        {(r["scenario"], r["mode"], r["temp"]) for r in records if r["kind"].split(":")[0] in CONSUMERS},
-        key=lambda k: (list(SCENARIOS).index(k[0]), k[2] != "warm", MODES.index(k[1])),
+        {
+            (r["scenario"], r["mode"], r["temp"], r["kind"].partition(":")[2])
+            for r in records
+            if r["kind"].split(":")[0] in CONSUMERS
+        },
+        key=lambda k: (list(SCENARIOS).index(k[0]), k[2] != "warm", k[3], MODES.index(k[1])),
     )
-    for sc, mode, temp in keys:
-        cells = [sc, {"none": "file order", "block": "shuffle=True", "global": "global"}[mode], temp]
+    for sc, mode, temp, io in keys:
+        order = {"none": "file order", "block": "shuffle=True", "global": "global"}[mode]
+        cells = [sc, order, temp + (f" ({io})" if io else "")]
         limits = [limit(run, sc, mode, temp) for run in by_run]
         lims = [x for x in limits if x]
         cells.append(f"{median(lims) / GIB:.2f}" if lims else "")
         per: dict[str, list[dict]] = {}
-        for consumer in ("tf", "batches"):
-            per[consumer] = [r for r in records if (r["kind"], r.get("scenario"), r.get("mode"), r["temp"]) ==
-                             (consumer, sc, mode, temp)]  # fmt: skip
+        for consumer in CONSUMERS:
+            kind = consumer + (f":{io}" if io else "")
+            per[consumer] = [
+                r for r in records
+                if (r["kind"], r.get("scenario"), r.get("mode"), r["temp"]) == (kind, sc, mode, temp)
+            ]  # fmt: skip
             rs = per[consumer]
             if not rs:
                 cells += ["", ""]
@@ -439,8 +454,8 @@ def report(records: list[dict]) -> str:
         cells.append(f"{median([r['first'] for r in tf_runs]) * 1000:.0f}" if tf_runs else "")
         if tf_runs:
             over = median([(r["rss"] - r["budget"]) / MIB for r in tf_runs])
-            cells.append(f"{median([r['rss'] for r in tf_runs]) / MIB:.0f} / {tf_runs[0]['budget'] / MIB:.0f}"
-                         f" ({over:+.0f})")  # fmt: skip
+            peak = median([r["rss"] for r in tf_runs]) / MIB
+            cells.append(f"{peak:.0f} / {tf_runs[0]['budget'] / MIB:.0f} ({over:+.0f})")
             flights = [r["in_flight"] for r in tf_runs if r.get("in_flight") is not None]
             cells.append(f"{median(flights):.1f}" if flights else "")
         else:

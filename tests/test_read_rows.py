@@ -226,3 +226,17 @@ def test_read_rows_and_scatter_across_shards(tmp_path, read_path):
     positions = rng.permutation(2000)
     source.read_scatter(500, 2500, out, positions)
     np.testing.assert_array_equal(out[0, positions], expected[500:2500])
+
+
+@pytest.mark.parametrize("shuffle", [True, "global"])
+@pytest.mark.parametrize("row_shape", [(3,), (64, 64)])  # 12-byte rows gathered, 16 KiB rows placed
+def test_streams_agree_with_the_plan_on_both_paths(tmp_path, read_path, shuffle, row_shape):
+    """A whole epoch, every row once in the plan's order, with and without the native helper."""
+    expected = values(3000 if row_shape == (3,) else 300, "<f4", row_shape)
+    path = save(tmp_path, "s.npy", expected)
+    batch = 50 if row_shape == (3,) else 4
+    stream = npstream.batches(path, batch_size=batch, shuffle=shuffle, seed=11, memory_budget="2MB")
+    for epoch in range(2):
+        got = np.concatenate([b for b in stream])
+        order = stream.spec.plan.epoch_order(stream.spec.epoch_seed(epoch))
+        np.testing.assert_array_equal(got, expected[order])

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from npstream._core.plan import EpochPlan
 from npstream._core.schedule import PROFILES, Piece, Profile, ReadQueue, window_pieces
 
-SMALL = Profile(in_flight=3, in_flight_cached=2, piece_bytes=64, min_piece_bytes=16,
+SMALL = Profile(in_flight=3, in_flight_readahead=2, in_flight_cached=2, piece_bytes=64, min_piece_bytes=16,
                 scattered_in_flight=5, rows_per_piece=7, adaptive=True)  # fmt: skip
 
 

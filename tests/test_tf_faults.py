@@ -519,3 +519,44 @@ def test_exit_while_iterating(tmp_path):
     hung = sum(child is None for child in children)
     if hung:
         raise ExitStall(f"{hung} of {runs} exits hung (no exit within {CHILD_TIMEOUT} s)")
+
+
+_SLOW_EXIT_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import npstream
+    from npstream._formats.file import FileSource
+
+    real = FileSource.read_rows
+
+    def slow(self, rows, out):  # every scattered read takes seconds, as on a busy cold disk
+        time.sleep(2)
+        return real(self, rows, out)
+
+    FileSource.read_rows = slow
+    path, consumer = sys.argv[1], sys.argv[2]
+    kwargs = dict(batch_size=64, shuffle="global", seed=1, memory_budget="2MB")
+    if consumer == "tf":
+        import npstream.tf as ntf
+
+        batch = next(iter(ntf.dataset(path, **kwargs))).numpy()
+    else:
+        for batch in npstream.batches(path, **kwargs):
+            break
+    print("first rows", len(batch), flush=True)
+    # exits now, with read-ahead pieces of global-shuffle windows still sleeping in their reads
+    """
+)
+
+
+def test_exit_with_slow_reads_in_flight_is_quiet_and_prompt(tmp_path):
+    """Issue 7: leaving Python after a break while global-shuffle windows were still being read
+    printed "cannot schedule new futures after interpreter shutdown". Exit waits for no read:
+    waiting consumers get an error at once, the reads end on their daemon threads."""
+    path = save(tmp_path / "rows.npy", indexed(1 << 20, width=8))  # 64 MiB, 1 M rows
+    children = run_children(_SLOW_EXIT_CHILD, [[path, "tf"], [path, "batches"]])
+    for child in children:
+        assert child is not None, f"no exit within {CHILD_TIMEOUT} s"
+        assert child.returncode == 0, (child.returncode, child.stderr[-3000:])
+        assert "first rows 64" in child.stdout
+        assert "Traceback" not in child.stderr and "cannot schedule" not in child.stderr, child.stderr[-3000:]

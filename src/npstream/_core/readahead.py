@@ -76,6 +76,7 @@ class ReadAhead:
     ) -> None:
         self.reader = reader
         self.profile = reader.profile
+        self._direct = reader.reads_direct
         self._finish_hook = finish
         plan = reader.spec.plan
         self.num_windows = plan.num_windows
@@ -122,7 +123,9 @@ class ReadAhead:
         profile = self.profile
         if profile.adaptive and not _device.cold:
             return profile.in_flight_cached
-        return profile.scattered_in_flight if piece.scattered else profile.in_flight
+        if piece.scattered:
+            return profile.scattered_in_flight
+        return profile.in_flight if self._direct else profile.in_flight_readahead
 
     # -- the consumer ------------------------------------------------------------------------
     def get(self, epoch: int, window: int) -> list[np.ndarray]:

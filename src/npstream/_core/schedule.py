@@ -42,7 +42,11 @@ class Profile:
     """How to keep one kind of storage busy."""
 
     in_flight: int
-    """Pieces of contiguous ranges in flight at once while reads reach the device."""
+    """Pieces of contiguous ranges in flight at once while reads reach the device and nothing
+    reads ahead for us (direct reads, remote requests)."""
+    in_flight_readahead: int
+    """... while buffered reads reach the device: the kernel reads ahead of each sequential
+    stream (8 MB here), so a few streams keep a disk busy and more only cost CPU."""
     in_flight_cached: int
     """Pieces in flight at once while reads come from the page cache (``adaptive`` profiles):
     then a read is a copy, and more threads than cores only contend for them."""
@@ -63,11 +67,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # Local disks (README "Performance" has the sweeps): a cold disk wants 4-8 requests of
     # 4-8 MB; cached reads are copies, best from 2 threads on 2 cores; random rows want 32+.
-    "local": Profile(in_flight=8, in_flight_cached=2, piece_bytes=4 << 20, min_piece_bytes=256 << 10,
-                     scattered_in_flight=32, rows_per_piece=2048, adaptive=True),
+    "local": Profile(in_flight=8, in_flight_readahead=3, in_flight_cached=2, piece_bytes=4 << 20,
+                     min_piece_bytes=256 << 10, scattered_in_flight=32, rows_per_piece=2048, adaptive=True),
     # Object stores: each request has tens of ms of latency; more of them, larger.
-    "remote": Profile(in_flight=32, in_flight_cached=32, piece_bytes=8 << 20, min_piece_bytes=1 << 20,
-                      scattered_in_flight=64, rows_per_piece=512, adaptive=False),
+    "remote": Profile(in_flight=32, in_flight_readahead=32, in_flight_cached=32, piece_bytes=8 << 20,
+                      min_piece_bytes=1 << 20, scattered_in_flight=64, rows_per_piece=512, adaptive=False),
 }  # fmt: skip
 
 

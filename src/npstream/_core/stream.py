@@ -37,6 +37,7 @@ __all__ = [
     "Leaf",
     "BLOCK_BYTES",
     "FIRST_WINDOW_BYTES",
+    "FIRST_WINDOW_READS",
     "LEAD_WINDOWS",
     "MIN_BLOCKS",
     "WINDOWS_ALIVE",
@@ -53,6 +54,8 @@ BLOCK_BYTES = 1 << 20
 """Block shuffle reads blocks of at least this many bytes, so disks see large requests."""
 FIRST_WINDOW_BYTES = 1 << 20
 """The first windows of an epoch are about this big, so the first batch arrives quickly."""
+FIRST_WINDOW_READS = 1024
+"""... and, in a global shuffle, hold about this many rows (random reads) at most."""
 MIN_BLOCKS = 1024
 """Files with fewer BLOCK_BYTES blocks than this get smaller blocks (see :func:`plan_sizes`)."""
 WINDOWS_ALIVE = 10
@@ -293,9 +296,14 @@ def make_plan(
 ) -> EpochPlan:
     """The :class:`EpochPlan` every adapter follows for these sources and arguments."""
     block_rows, window_rows = plan_sizes(sources, batch_size, budget, mode)
-    # About 1 MB windows first: the first batch of an epoch waits only for such a read.
+    # About 1 MB windows first: the first batch of an epoch waits only for such a read. A global
+    # shuffle reads every row on its own: there at most FIRST_WINDOW_READS rows (a cold disk
+    # serves some 20-50 thousand random reads a second).
     row_bytes = sum(_row_bytes(s) for s in sources)
-    first_rows = max(1, FIRST_WINDOW_BYTES // row_bytes // batch_size) * batch_size
+    first_rows = FIRST_WINDOW_BYTES // row_bytes
+    if mode == "global":
+        first_rows = min(first_rows, FIRST_WINDOW_READS)
+    first_rows = max(1, first_rows // batch_size) * batch_size
     return EpochPlan(
         rows=len(sources[0]),
         batch_size=batch_size,

@@ -73,6 +73,17 @@ class WindowReader:
         self._direct = [s.dtype.names is None for s in spec.sources]
         self._chunks = [max(1, int(getattr(s, "chunk_rows", 1) or 1)) for s in spec.sources]
 
+    @property
+    def reads_direct(self) -> bool:
+        """Whether some source reads around the page cache (no kernel readahead for it)."""
+        todo: list = list(self.spec.sources)
+        while todo:
+            item = todo.pop()
+            if getattr(item, "direct", None) is not None:
+                return True
+            todo.extend(getattr(item, "parts", ()))
+        return False
+
     def _scatter(self, index: int, window: Window) -> bool:
         """Whether source ``index`` reads ``window``'s rows straight to their shuffled places."""
         if not self._direct[index] or window.gather is None or window.sorted_rows is not None:
