@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ._core.batches import Batches
+from ._core.batches import Batches, map_arrays
 from ._core.stream import StreamSpec, make_stream
 from ._errors import UsageError
 
@@ -68,13 +68,13 @@ def _slot(index: int, count: int) -> int:
     return count * (count - 1) // 2 + index
 
 
+def _as_tensor(array: np.ndarray) -> Any:
+    # Aligned, writable buffers: from_numpy shares them (strings stay numpy arrays).
+    return torch.from_numpy(array) if array.dtype.kind in _TORCH_KINDS else array
+
+
 def _as_tensors(element: Any) -> Any:
-    if isinstance(element, np.ndarray):
-        # Aligned, writable buffers: from_numpy shares them (strings stay numpy arrays).
-        return torch.from_numpy(element) if element.dtype.kind in _TORCH_KINDS else element
-    if isinstance(element, tuple):
-        return tuple(_as_tensors(x) for x in element)
-    return {key: _as_tensors(value) for key, value in element.items()}
+    return map_arrays(_as_tensor, element)
 
 
 class NpstreamDataset(IterableDataset):

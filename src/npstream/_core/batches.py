@@ -37,12 +37,21 @@ from .readahead import ReadAhead
 from .stream import StreamSpec, make_stream
 from .window import WindowReader
 
-__all__ = ["CACHE_WINDOWS", "STATE_FORMAT", "BatchAccess", "Batches", "Share", "batches"]
+__all__ = ["CACHE_WINDOWS", "STATE_FORMAT", "BatchAccess", "Batches", "Share", "batches", "map_arrays"]
 
 STATE_FORMAT = "npstream.batches/1"
 CACHE_WINDOWS = 3
 """Windows :class:`BatchAccess` keeps read (besides those read ahead): Grain's reader threads ask
 for neighbouring batches at once, and a window stays while its batches are still being asked for."""
+
+
+def map_arrays(fn: Any, element: Any) -> Any:
+    """``element`` (an array, or tuples/dicts of them, as batches are) with ``fn`` applied to each array."""
+    if isinstance(element, tuple):
+        return tuple(map_arrays(fn, value) for value in element)
+    if isinstance(element, dict):
+        return {key: map_arrays(fn, value) for key, value in element.items()}
+    return fn(element)
 
 
 class Share:
