@@ -10,7 +10,7 @@ DEMO_DIR ?= /tmp/npstream-demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,torch,grain,jax,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

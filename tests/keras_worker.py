@@ -67,8 +67,17 @@ def main() -> None:
     history = model.fit(data, epochs=EPOCHS, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
     kernel, bias = (np.asarray(v).tolist() for v in model.layers[0].get_weights())
     with open(out, "w") as fp:
-        json.dump({"kernel": kernel, "bias": bias, "loss": history.history["loss"], "seen": seen,
-                   "epochs_done": epochs_done(), "backend": keras.backend.backend()}, fp)  # fmt: skip
+        json.dump(
+            {
+                "kernel": kernel,
+                "bias": bias,
+                "loss": history.history["loss"],
+                "seen": seen,
+                "epochs_done": epochs_done(),
+                "backend": keras.backend.backend(),
+            },
+            fp,
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,11 @@ def files(tmp_path_factory) -> tuple[str, str]:
 
 def core_epochs(data, epochs: int, **kwargs) -> list:
     b = npstream.batches(data, **kwargs)
-    return [tuple(np.array(v) for v in x) if isinstance(x, tuple) else np.array(x) for _ in range(epochs) for x in b]
+    return [
+        tuple(np.array(v) for v in x) if isinstance(x, tuple) else np.array(x)
+        for _ in range(epochs)
+        for x in b
+    ]
 
 
 def assert_same(got: list, expected: list) -> None:

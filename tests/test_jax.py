@@ -47,8 +47,13 @@ def run_workers(args_list: list[list[str]], tmp_path) -> list[dict]:
     outs = [os.fspath(tmp_path / f"out{i}.json") for i in range(len(args_list))]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = [
-        subprocess.Popen([sys.executable, WORKER, args[0], out, *args[1:]], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, WORKER, args[0], out, *args[1:]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for args, out in zip(args_list, outs, strict=True)
     ]
     try:
@@ -89,7 +94,9 @@ def test_two_processes(files, tmp_path) -> None:
         steps = [s["epochs"][epoch] for s in seen]
         assert len(steps[0]) == len(steps[1]) == 62  # 500 rows per process, batches of 8
         for i in range(2):
-            assert [s["rows"] for s in steps[i]] == core_rows(files[0], epoch, batch_size=8, num_shards=2, shard_index=i)
+            assert [s["rows"] for s in steps[i]] == core_rows(
+                files[0], epoch, batch_size=8, num_shards=2, shard_index=i
+            )
         for a, b in zip(*steps, strict=True):  # the global batch: both parts, summed on the devices
             assert a["sum"] == b["sum"] == float(sum(a["rows"]) + sum(b["rows"]))
         rows = [r for s in steps for step in s for r in step["rows"]]
@@ -101,8 +108,9 @@ def test_one_device_tuples_state_and_restore(files) -> None:
     kwargs = dict(sharding=sharding, batch_size=16, shuffle="global", seed=4, memory_budget="64KB")
     stream = nj.batches(files, **kwargs)
     assert len(stream) == ROWS // 16
-    reference = npstream.batches(files, batch_size=16, shuffle="global", seed=4, memory_budget="64KB",
-                                 drop_remainder=True)  # fmt: skip
+    reference = npstream.batches(
+        files, batch_size=16, shuffle="global", seed=4, memory_budget="64KB", drop_remainder=True
+    )
     whole = [tuple(np.array(v) for v in x) for _ in range(2) for x in reference]
     got = []
     for _ in range(2):
@@ -133,7 +141,7 @@ def test_errors(files, tmp_path) -> None:
         nj.batches(files[0], sharding=sharding, batch_size=0)
     names = os.fspath(tmp_path / "names.npy")
     np.save(names, np.array(["a", "b"] * 10))
-    with pytest.raises(UsageError, match="names.npy.*JAX"):
+    with pytest.raises(UsageError, match=r"names\.npy.*JAX"):
         nj.batches(names, sharding=sharding, batch_size=2)
     with pytest.raises(UsageError, match="sharding"):
         nj.batches(files[0], sharding="not a sharding", batch_size=4)

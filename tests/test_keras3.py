@@ -44,8 +44,14 @@ def test_fit_learns_the_map(files, tmp_path, backend, mode) -> None:
         pytest.importorskip("grain")
     out = os.fspath(tmp_path / "out.json")
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, WORKER, *files, mode, out], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, WORKER, *files, mode, out],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as fp:
         result = json.load(fp)

@@ -16,7 +16,7 @@ import pytest
 
 from npstream import UsageError
 from npstream._core import stream as core
-from npstream._core.batches import BatchAccess, Batches, Share
+from npstream._core.batches import BatchAccess, Batches
 from npstream._core.stream import make_stream
 
 MODES = [False, True, "global"]
@@ -35,7 +35,12 @@ def indexed_file(tmp_path_factory) -> str:
 
 def spec_for(path: str, shuffle, **kwargs):
     budget = 32 * 16 * core.WINDOWS_ALIVE + (4 * 4000 if shuffle == "global" else 0)
-    base = dict(batch_size=7, shuffle=shuffle, seed=3, memory_budget=max(budget, 16 * 4000 if shuffle == "global" else 0))
+    base = dict(
+        batch_size=7,
+        shuffle=shuffle,
+        seed=3,
+        memory_budget=max(budget, 16 * 4000 if shuffle == "global" else 0),
+    )
     return make_stream(path, **{**base, **kwargs})
 
 
@@ -84,7 +89,7 @@ def test_share_arguments_and_state(indexed_file) -> None:
     fresh.restore(state)
     for x, y in zip(list(fresh), expected, strict=True):
         np.testing.assert_array_equal(x, y)
-    with pytest.raises(UsageError, match="share.*workers"):
+    with pytest.raises(UsageError, match=r"share.*workers"):
         Batches(spec).restore(state)
     with pytest.raises(UsageError, match="share"):
         Batches(spec, share=(0, 3)).restore(state)
@@ -146,7 +151,9 @@ def test_batch_access_threads_share_reads(indexed_file) -> None:
         results[k] = access.get(0, k)
 
     for start in range(0, len(access), 8):  # like Grain: a few threads on neighbouring batches
-        threads = [threading.Thread(target=fetch, args=(k,)) for k in range(start, min(start + 8, len(access)))]
+        threads = [
+            threading.Thread(target=fetch, args=(k,)) for k in range(start, min(start + 8, len(access)))
+        ]
         for t in threads:
             t.start()
         for t in threads:

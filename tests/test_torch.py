@@ -47,7 +47,9 @@ def reference(data, epoch: int, **kwargs) -> list:
 
 
 def as_numpy(batch):
-    return tuple(v.numpy().copy() for v in batch) if isinstance(batch, (tuple, list)) else batch.numpy().copy()
+    return (
+        tuple(v.numpy().copy() for v in batch) if isinstance(batch, (tuple, list)) else batch.numpy().copy()
+    )
 
 
 def assert_same(got: list, expected: list) -> None:
@@ -136,8 +138,9 @@ def test_distributed_defaults_and_arguments(files) -> None:
 def test_workers_split_windows_exactly(files, context, persistent) -> None:
     kwargs = dict(batch_size=16, shuffle=True, seed=9, memory_budget=BUDGET)
     ds = nt.dataset(files, **kwargs)
-    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context,
-                        persistent_workers=persistent)  # fmt: skip
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=context, persistent_workers=persistent
+    )
     assert len(loader) == 63
     for epoch in range(2):  # each iter(loader) is the next epoch, with fresh or kept workers
         got = [as_numpy(b) for b in loader]
@@ -206,7 +209,7 @@ def test_state_dict_round_trip_and_mismatches(files) -> None:
     with pytest.raises(UsageError, match="seed"):
         nt.dataset(files[0], **{**kwargs, "seed": 5}).load_state_dict(state)
     worker_state = npstream.Batches(ds.spec, share=(1, 2)).state()
-    with pytest.raises(UsageError, match="worker 1 of 2.*num_workers=2"):
+    with pytest.raises(UsageError, match=r"worker 1 of 2.*num_workers=2"):
         nt.dataset(files[0], **kwargs).load_state_dict(worker_state)
 
 
@@ -222,8 +225,12 @@ def test_two_process_group_exact_once_equal_steps(files, tmp_path) -> None:
     script = os.path.join(os.path.dirname(__file__), "torch_worker.py")
     outs = [os.fspath(tmp_path / f"rank{r}.json") for r in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, script, files[0], outs[r], str(port), str(r), "2", str(seed), str(epochs)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, script, files[0], outs[r], str(port), str(r), "2", str(seed), str(epochs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in range(2)
     ]
     try:
@@ -240,7 +247,9 @@ def test_two_process_group_exact_once_equal_steps(files, tmp_path) -> None:
         with open(out) as fp:
             seen.append(json.load(fp))
     assert [s["shard"] for s in seen] == [[0, 2], [1, 2]]
-    kwargs = dict(batch_size=8, shuffle=True, seed=seed, memory_budget="64KB", num_shards=2, drop_remainder=True)
+    kwargs = dict(
+        batch_size=8, shuffle=True, seed=seed, memory_budget="64KB", num_shards=2, drop_remainder=True
+    )
     for epoch in range(epochs):
         parts = [s["epochs"][epoch] for s in seen]
         assert parts[0]["steps"] == parts[1]["steps"] == parts[0]["len"] == 62  # 500 rows per rank

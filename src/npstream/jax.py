@@ -42,9 +42,15 @@ def _process_rows(sharding: Any, global_shape: tuple[int, ...]) -> tuple[int, in
     try:
         indices = sharding.addressable_devices_indices_map(global_shape)
     except Exception as exc:
-        raise UsageError(f"sharding {sharding} does not fit a global batch of shape {global_shape}: {exc}") from exc
-    rows = sorted({index[0].indices(global_shape[0])[:2] if index else (0, global_shape[0])
-                   for index in indices.values()})  # fmt: skip
+        raise UsageError(
+            f"sharding {sharding} does not fit a global batch of shape {global_shape}: {exc}"
+        ) from exc
+    rows = sorted(
+        {
+            index[0].indices(global_shape[0])[:2] if index else (0, global_shape[0])
+            for index in indices.values()
+        }
+    )
     start, stop = rows[0][0], rows[0][1]
     for a, b in rows[1:]:
         if a > stop:
@@ -130,10 +136,16 @@ def batches(
     """
     batch_size = positive_int(batch_size, "batch_size")
     shape, sources = structure(data)  # opened once: the stream below reuses them
-    leaves = [leaf for i, s in enumerate(sources) for leaf in flatten_leaves(leaf_tree(i, s.dtype, tuple(s.shape[1:])))]
+    leaves = [
+        leaf
+        for i, s in enumerate(sources)
+        for leaf in flatten_leaves(leaf_tree(i, s.dtype, tuple(s.shape[1:])))
+    ]
     ranges = {_process_rows(sharding, (batch_size, *leaf.row_shape)) for leaf in leaves}
     if len(ranges) != 1:
-        raise UsageError(f"sharding {sharding} puts different rows on this process for different arrays: {ranges}")
+        raise UsageError(
+            f"sharding {sharding} puts different rows on this process for different arrays: {ranges}"
+        )
     ((start, stop),) = ranges
     rows = stop - start
     if batch_size % rows or start % rows:
@@ -144,7 +156,9 @@ def batches(
     for leaf in leaves:
         if leaf.dtype.kind not in _JAX_KINDS:
             name = getattr(sources[leaf.source], "name", "data")
-            raise UsageError(f"{name}: dtype {leaf.dtype} has no JAX equivalent; convert it to a numeric or bool dtype")
+            raise UsageError(
+                f"{name}: dtype {leaf.dtype} has no JAX equivalent; convert it to a numeric or bool dtype"
+            )
     opened: Any = sources[0]
     if isinstance(shape, tuple):
         opened = tuple(sources)

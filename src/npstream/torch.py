@@ -50,9 +50,7 @@ try:
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "npstream.torch needs PyTorch: pip install 'npstream[torch]' (or torch)"
-    ) from exc
+    raise ImportError("npstream.torch needs PyTorch: pip install 'npstream[torch]' (or torch)") from exc
 
 __all__ = ["MAX_WORKERS", "dataset"]
 
@@ -92,7 +90,9 @@ class NpstreamDataset(IterableDataset):
         info = get_worker_info()
         share = (0, 1) if info is None else (info.id, info.num_workers)
         if share[1] > MAX_WORKERS:
-            raise UsageError(f"npstream.torch supports up to {MAX_WORKERS} DataLoader workers, got {share[1]}")
+            raise UsageError(
+                f"npstream.torch supports up to {MAX_WORKERS} DataLoader workers, got {share[1]}"
+            )
         key = (os.getpid(), share)
         if self._local is None or self._local[:2] != key:
             self._local = (*key, Batches(self.spec, share=share))

@@ -243,7 +243,9 @@ class BatchAccess:
     work per element (Grain: about 0.1 ms).
     """
 
-    def __init__(self, spec: StreamSpec, *, share: tuple[int, int] = (0, 1), cache_windows: int = CACHE_WINDOWS):
+    def __init__(
+        self, spec: StreamSpec, *, share: tuple[int, int] = (0, 1), cache_windows: int = CACHE_WINDOWS
+    ) -> None:
         self.spec = spec
         self.share = Share(spec.plan, *share)
         self.cache_windows = cache_windows
