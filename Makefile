@@ -27,9 +27,11 @@ test: lint
 fuzz: $(STAMP)
 	NPSTREAM_FUZZ_EXAMPLES=$${NPSTREAM_FUZZ_EXAMPLES:-10000} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# BENCH_ONLY=torch,grain (substrings of approach names) runs part of the adapter side-by-side.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_tf.py
+	$(PY) benchmarks/bench_adapters.py $(if $(BENCH_ONLY),--only '$(BENCH_ONLY)')
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
