@@ -34,13 +34,10 @@ def indexed_file(tmp_path_factory) -> str:
 
 
 def spec_for(path: str, shuffle, **kwargs):
-    budget = 32 * 16 * core.WINDOWS_ALIVE + (4 * 4000 if shuffle == "global" else 0)
-    base = dict(
-        batch_size=7,
-        shuffle=shuffle,
-        seed=3,
-        memory_budget=max(budget, 16 * 4000 if shuffle == "global" else 0),
-    )
+    """Windows of about 28 rows (4 batches) over 1000 rows of 16 bytes: many windows per epoch."""
+    permutation = 4 * 1000 if shuffle == "global" else 0
+    budget = max(28 * 16 * core.WINDOWS_ALIVE + permutation, 4 * permutation)
+    base = dict(batch_size=7, shuffle=shuffle, seed=3, memory_budget=budget)
     return make_stream(path, **{**base, **kwargs})
 
 
