@@ -111,6 +111,7 @@ class Batches:
         self._next_epoch = 0
         self._next_batch = 0
         self._position: tuple[int, int] | None = None  # (epoch, batches yielded) of the latest iteration
+        self._identity_cache: dict[str, Any] | None = None
 
     def _read_share(self, epoch: int, j: int) -> list[np.ndarray]:
         return self._reader.read(epoch, int(self.share.windows[j]))
@@ -186,10 +187,13 @@ class Batches:
         return {"format": STATE_FORMAT, "epoch": epoch, "batch": batch, "dataset": self._identity()}
 
     def _identity(self) -> dict[str, Any]:
-        identity = self.spec.identity()
-        if self.share.count > 1:
-            identity["share"] = self.share.identity()
-        return identity
+        # Computed once: loaders such as StatefulDataLoader take a state after every batch.
+        if self._identity_cache is None:
+            identity = self.spec.identity()
+            if self.share.count > 1:
+                identity["share"] = self.share.identity()
+            self._identity_cache = identity
+        return dict(self._identity_cache)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue exactly where ``state`` was taken."""
