@@ -1,10 +1,11 @@
 """Keras 3 ``model.fit`` through an npstream adapter, for ``test_keras3.py``.
 
-Run as ``python keras_worker.py X Y MODE OUT`` with ``KERAS_BACKEND`` set (keras reads it when
-imported). MODE is ``torch`` (a DataLoader over ``npstream.torch.dataset``), ``grain``
-(``npstream.grain.dataset(...).repeat()`` with ``steps_per_epoch``) or ``jax`` (a generator over
-``npstream.jax.batches``). Fits a one-unit Dense layer to ``y = x @ w + b`` for a few epochs and
-writes the learned weights and which batches (by their first row's target) each epoch held.
+Run as ``python keras_worker.py X Y MODES OUT`` with ``KERAS_BACKEND`` set (keras reads it when
+imported). MODES is a comma-separated list of ``torch`` (a DataLoader over
+``npstream.torch.dataset``), ``grain`` (``npstream.grain.dataset(...).repeat()`` with
+``steps_per_epoch``) and ``jax`` (a generator over ``npstream.jax.batches``). For each, fits a
+one-unit Dense layer to ``y = x @ w + b`` for a few epochs and writes, per mode, the learned
+weights, the losses and how many npstream epochs the adapter moved through.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ EPOCHS = 4
 
 
 def main() -> None:
-    x_path, y_path, mode, out = sys.argv[1:5]
+    x_path, y_path, modes, out = sys.argv[1:5]
+    results = {mode: fit(x_path, y_path, mode) for mode in modes.split(",")}
+    with open(out, "w") as fp:
+        json.dump(results, fp)
+
+
+def fit(x_path: str, y_path: str, mode: str) -> dict:
     import keras
     import numpy as np
 
     keras.utils.set_random_seed(0)
     kwargs = dict(batch_size=64, shuffle=True, seed=0)
-    seen: list[float] = []  # first target of every batch, in the order training took them
+    seen: list[float] = []  # first target of every batch Grain produced (it reads ahead of training)
 
     if mode == "torch":
         from torch.utils.data import DataLoader
@@ -58,26 +65,17 @@ def main() -> None:
         data, steps = endless(), len(stream)
         epochs_done = lambda: stream.epoch  # noqa: E731
 
-    class Record(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.model.epochs_seen = getattr(self.model, "epochs_seen", 0) + 1
-
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    history = model.fit(data, epochs=EPOCHS, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
+    history = model.fit(data, epochs=EPOCHS, steps_per_epoch=steps, verbose=0)
     kernel, bias = (np.asarray(v).tolist() for v in model.layers[0].get_weights())
-    with open(out, "w") as fp:
-        json.dump(
-            {
-                "kernel": kernel,
-                "bias": bias,
-                "loss": history.history["loss"],
-                "seen": seen,
-                "epochs_done": epochs_done(),
-                "backend": keras.backend.backend(),
-            },
-            fp,
-        )
+    return {
+        "kernel": kernel,
+        "bias": bias,
+        "loss": history.history["loss"],
+        "epochs_done": epochs_done(),
+        "backend": keras.backend.backend(),
+    }
 
 
 if __name__ == "__main__":

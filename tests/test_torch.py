@@ -133,8 +133,9 @@ def test_distributed_defaults_and_arguments(files) -> None:
 
 
 # -- workers -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-@pytest.mark.parametrize("persistent", [False, True])
+# Spawned workers re-import torch (seconds each): spawn runs once, with fresh workers per epoch
+# (the case where epoch counters must cross a pickle); fork covers kept workers too.
+@pytest.mark.parametrize(("context", "persistent"), [("fork", False), ("fork", True), ("spawn", False)])
 def test_workers_split_windows_exactly(files, context, persistent) -> None:
     kwargs = dict(batch_size=16, shuffle=True, seed=9, memory_budget=BUDGET)
     ds = nt.dataset(files, **kwargs)
