@@ -97,3 +97,26 @@ def test_every_framework_gives_the_same_batches(files, shuffle, shards) -> None:
             for (a, b), (c, d) in zip(mine, theirs, strict=True):
                 np.testing.assert_array_equal(a, c, err_msg=f"{name} epoch {epoch}")
                 np.testing.assert_array_equal(b, d, err_msg=f"{name} epoch {epoch}")
+
+
+def test_exit_is_quiet_with_every_framework_imported(files) -> None:
+    """npstream.tf's exit hook scans live objects; torch's deprecated ones must not warn then."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, torch.distributed, jax, grain\n"
+        "import npstream.tf as ntf\n"
+        "it = iter(ntf.dataset(sys.argv[1], batch_size=8)); next(it)\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", code, files[0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
