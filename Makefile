@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,codecs,remote,plot,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[tf,hdf5,codecs,remote,plot,torch,grain,jax,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,12 +29,14 @@ test: lint
 fuzz: $(STAMP)
 	NPSTREAM_FUZZ_EXAMPLES=$${NPSTREAM_FUZZ_EXAMPLES:-10000} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# BENCH_ONLY=torch,grain (substrings of approach names) runs part of the adapter side-by-side.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_write.py
 	$(PY) benchmarks/bench_remote.py
 	$(PY) benchmarks/bench_hdf5.py
+	$(PY) benchmarks/bench_adapters.py $(if $(BENCH_ONLY),--only '$(BENCH_ONLY)')
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

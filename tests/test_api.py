@@ -40,12 +40,15 @@ def test_errors_are_also_builtins():
     assert issubclass(npstream.ReadError, OSError)
 
 
-def test_import_does_not_import_tensorflow_or_h5py():
+FRAMEWORKS = ("tensorflow", "h5py", "keras", "torch", "torchdata", "jax", "jaxlib", "grain", "absl")
+
+
+def test_import_does_not_import_a_framework():
     code = (
         "import json, sys\n"
         "import npstream\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('tensorflow', 'h5py', 'keras', 'npstream'))))\n"
+        f"{(*FRAMEWORKS, 'npstream')!r})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
@@ -54,3 +57,25 @@ def test_import_does_not_import_tensorflow_or_h5py():
     loaded = json.loads(result.stdout)
     assert "npstream" in loaded  # the probe itself works
     assert [m for m in loaded if not m.startswith("npstream")] == []
+
+
+def test_adapters_are_importable_and_say_what_to_install():
+    """Each adapter imports its own framework only; a missing one names the extra to install."""
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def fake(name, *args, **kwargs):\n"
+        "    if name.split('.')[0] == sys.argv[1]:\n"
+        "        raise ImportError('no ' + name)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = fake\n"
+        "try:\n"
+        "    __import__('npstream.' + sys.argv[2])\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    for framework in ("torch", "grain", "jax"):
+        command = [sys.executable, "-c", code, framework, framework]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        assert f"pip install 'npstream[{framework}]'" in result.stdout

@@ -30,6 +30,7 @@ import gc
 import secrets
 import sys
 import threading
+import warnings
 import weakref
 from typing import Any
 
@@ -112,9 +113,13 @@ def _release_iterators() -> None:
         return
     from tensorflow.python.data.ops.iterator_ops import OwnedIterator
 
-    for obj in gc.get_objects():
-        if isinstance(obj, OwnedIterator) and _reads_npstream(getattr(obj, "_dataset", None)):
-            obj.__dict__.pop("_iterator_resource", None)
+    # isinstance on every live object also touches deprecated ones (torch.distributed.reduce_op
+    # warns on every check), which would print a warning at each exit.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, OwnedIterator) and _reads_npstream(getattr(obj, "_dataset", None)):
+                obj.__dict__.pop("_iterator_resource", None)
 
 
 def _at_exit() -> None:

@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
 
 _CHUNK = 256 << 10  # paced sends: large enough that a late wake-up costs little
 
@@ -155,7 +156,13 @@ class Handler(BaseHTTPRequestHandler):
             self._record(404, None)
             self._json(404, {"error": "not found"})
             return
-        stat = os.stat(path)
+        # The ETag and the bytes come from one open file: stat by path and a later open by path
+        # could pair the old ETag with the new file's bytes when the file is replaced between.
+        with open(path, "rb") as fp:
+            self._serve_file(fp, head)
+
+    def _serve_file(self, fp: BinaryIO, head: bool) -> None:
+        stat = os.fstat(fp.fileno())
         size = stat.st_size
         etag = f'"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{size:x}"'
         requested = self._range(size)
@@ -203,29 +210,28 @@ class Handler(BaseHTTPRequestHandler):
         if head:
             return
         if kind in ("truncate", "stall"):
-            self._send(path, start, length // 2)
+            self._send(fp, start, length // 2)
             if kind == "stall":
                 time.sleep(float(fault["param"]))  # type: ignore[index]
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self._send(path, start, sent_length)
+        self._send(fp, start, sent_length)
 
-    def _send(self, path: str, start: int, length: int) -> None:
-        with open(path, "rb") as fp:
-            rate = self.server.state.rate
-            if rate is None:
-                self.connection.sendfile(fp, start, length)
-                return
-            began = time.monotonic()
-            done = 0
-            while done < length:
-                count = min(_CHUNK, length - done)
-                self.connection.sendfile(fp, start + done, count)
-                done += count
-                ahead = began + done / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+    def _send(self, fp: BinaryIO, start: int, length: int) -> None:
+        rate = self.server.state.rate
+        if rate is None:
+            self.connection.sendfile(fp, start, length)
+            return
+        began = time.monotonic()
+        done = 0
+        while done < length:
+            count = min(_CHUNK, length - done)
+            self.connection.sendfile(fp, start + done, count)
+            done += count
+            ahead = began + done / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 class _Server(ThreadingHTTPServer):

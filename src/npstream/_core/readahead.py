@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -73,13 +73,16 @@ class ReadAhead:
         ahead_bytes: int | None = None,
         max_windows: int = MAX_AHEAD_WINDOWS,
         next_epoch: bool = True,
+        windows: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         self.reader = reader
         self.profile = reader.profile
         self._direct = reader.reads_direct
         self._finish_hook = finish
         plan = reader.spec.plan
-        self.num_windows = plan.num_windows
+        # Keys are (epoch, j): window j of a share of the plan's windows (all of them by default).
+        self._windows = range(plan.num_windows) if windows is None else windows
+        self.num_windows = len(self._windows)
         self.next_epoch = next_epoch
         if ahead_bytes is None:
             ahead_bytes = int(reader.spec.memory_budget * AHEAD_SHARE)
@@ -107,7 +110,7 @@ class ReadAhead:
         self._pid = os.getpid()
         self._queue = ReadQueue(
             self._successor,
-            lambda key: self.reader.window_bytes(key[1]),
+            lambda key: self.reader.window_bytes(int(self._windows[key[1]])),
             ahead_bytes=self._ahead_bytes,
             max_windows=self._max_windows,
         )
@@ -129,7 +132,8 @@ class ReadAhead:
 
     # -- the consumer ------------------------------------------------------------------------
     def get(self, epoch: int, window: int) -> list[np.ndarray]:
-        """Window ``window`` of epoch ``epoch`` (its leaves); its read's errors are raised here."""
+        """Window ``window`` (of the share) of epoch ``epoch`` (its leaves); its read's errors
+        are raised here."""
         key = (epoch, window)
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's reads do not exist here
@@ -214,7 +218,8 @@ class ReadAhead:
         job: WindowJob | None = None
         error: BaseException | None = None
         try:
-            job = self.reader.prepare(*entry.key)
+            epoch, j = entry.key
+            job = self.reader.prepare(epoch, int(self._windows[j]))
         except BaseException as exc:  # the consumer gets it
             error = exc
         with self._lock:

@@ -35,12 +35,15 @@ copies. Descriptors are opened with ``O_CLOEXEC``, so ``exec``'d programs inheri
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import os
 import stat as stat_module
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from .._errors import ReadError
 from .preads import read_many
@@ -137,17 +140,42 @@ class _Slot:
 
 
 class _DescriptorCache:
-    """The process-wide LRU of open descriptors (see the module docstring)."""
+    """The process-wide LRU of open descriptors (see the module docstring).
+
+    Files closed by the garbage collector are closed through :meth:`close` from a finalizer,
+    which may run at any allocation, including one made while this thread holds ``lock``: so
+    ``close`` never waits for the lock. It queues the file, and whoever holds the lock (or
+    takes it next) closes what is queued before letting go (``_locked``).
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.handles: OrderedDict[_Handle, None] = OrderedDict()  # least recently used first
         self.capacity = 0  # read from RLIMIT_NOFILE on first use
+        self._closing: collections.deque[_Slot] = collections.deque()
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # a parent thread may have held it at the fork
         for handle in list(self.handles):
             handle.users = 0  # the readers were threads of the parent
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self.lock:
+            yield
+            self._close_queued()
+        while self._closing and self.lock.acquire(blocking=False):  # queued after we looked
+            try:
+                self._close_queued()
+            finally:
+                self.lock.release()
+
+    def _close_queued(self) -> None:
+        """Close the files :meth:`close` queued (lock held)."""
+        while self._closing:
+            slot = self._closing.popleft()
+            if slot.handle is not None:
+                self._retire(slot.handle)
 
     def _retire(self, handle: _Handle) -> None:
         """Take ``handle`` out of the cache (lock held); close it now if no read uses it."""
@@ -171,7 +199,7 @@ class _DescriptorCache:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
         # The application holds more descriptors than the cache left it: give back ours.
-        with self.lock:
+        with self._locked():
             held = len(self.handles)
             self.capacity = max(_MIN_CAPACITY, held // 2)
             self._trim(0)
@@ -190,7 +218,7 @@ class _DescriptorCache:
 
     def insert(self, slot: _Slot, fd: int) -> _Handle:
         """Cache ``fd`` as ``slot``'s descriptor and return it in use (one user)."""
-        with self.lock:
+        with self._locked():
             if slot.closed:
                 os.close(fd)
                 raise _Closed
@@ -209,7 +237,7 @@ class _DescriptorCache:
 
     def acquire(self, slot: _Slot) -> _Handle | None:
         """``slot``'s cached descriptor in use (one more user), or ``None`` if it must be opened."""
-        with self.lock:
+        with self._locked():
             if slot.closed:
                 raise _Closed
             handle = slot.handle
@@ -220,17 +248,21 @@ class _DescriptorCache:
             return handle
 
     def release(self, handle: _Handle) -> None:
-        with self.lock:
+        with self._locked():
             handle.users -= 1
             if handle.users == 0 and handle.retired and handle.fd >= 0:
                 os.close(handle.fd)
                 handle.fd = -1
 
-    def close(self, slot: _Slot) -> None:
-        with self.lock:
-            slot.closed = True
-            if slot.handle is not None:
-                self._retire(slot.handle)
+    def close(self, slot: _Slot, wait: bool = False) -> None:
+        """Close ``slot``'s file; ``wait=False`` (finalizers) never blocks, see the class docstring."""
+        slot.closed = True
+        self._closing.append(slot)
+        if self.lock.acquire(blocking=wait):  # else the holder closes it before letting go
+            try:
+                self._close_queued()
+            finally:
+                self.lock.release()
 
 
 class _Closed(Exception):
@@ -324,7 +356,8 @@ class LocalFile:
             _cache.release(handle)
 
     def close(self) -> None:
-        self._closer()
+        if self._closer.detach() is not None:
+            _cache.close(self._slot, wait=True)
 
 
 def _restore(path: str, size: int, identity: str) -> LocalFile:
