@@ -6,6 +6,8 @@ STAMP := $(VENV)/.npstream-installed
 DEMO_DIR ?= /tmp/npstream-demo
 
 .PHONY: demo test lint fuzz bench clean
+# A subset of the pipeline benchmark, e.g. make bench BENCH_ARGS="--scenarios image --temps warm --runs 5"
+BENCH_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +32,7 @@ fuzz: $(STAMP)
 # BENCH_ONLY=torch,grain (substrings of approach names) runs part of the adapter side-by-side.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py
-	$(PY) benchmarks/bench_tf.py
+	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_write.py
 	$(PY) benchmarks/bench_remote.py
 	$(PY) benchmarks/bench_hdf5.py

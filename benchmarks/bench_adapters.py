@@ -5,7 +5,7 @@ runs in its own process, approaches alternate within each run, and figures are m
 ``--runs`` runs of ratios paired within a run:
 
 * limits: ``os.preadv`` from 2 threads in 256 KiB pieces (warm), 8 threads in 8 MiB pieces after
-  ``POSIX_FADV_DONTNEED`` (cold) - as in ``bench_tf.py``;
+  ``POSIX_FADV_DONTNEED`` (cold) - as in ``bench_pipeline.py``;
 * npstream: ``npstream.batches`` and ``ntf.dataset`` (consumed inside TensorFlow, ``ds.reduce``)
   in every shuffle mode; ``npstream.torch`` (0 and 2 workers), ``npstream.grain``,
   ``npstream.jax`` with ``shuffle=True`` (block shuffle);
@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import GIB, evict, machine, make_npy, median, run_child, table, warm
-from bench_tf import _raw
+from bench_pipeline import _preadv_run
 
 MIB = 1 << 20
 SEED = 1
@@ -275,7 +275,7 @@ def _consume(epoch: Iterable[object], seconds: float, started: float) -> dict:
 
 
 def _tf_reduce(kind: str, path: str, batch: int, budget: str, memory: TreeMemory) -> dict:
-    """``ntf.dataset`` consumed inside TensorFlow (its fastest use, as in ``bench_tf.py``).
+    """``ntf.dataset`` consumed inside TensorFlow (its fastest use, as in ``bench_pipeline.py``).
 
     The first batch is timed on a dataset of its own, released before the measured epoch (whose
     memory is measured alone); the epoch itself runs to its end inside ``ds.reduce``.
@@ -299,6 +299,16 @@ def _tf_reduce(kind: str, path: str, batch: int, budget: str, memory: TreeMemory
     start = time.perf_counter()
     rows = int(ds.reduce(tf.constant(0, tf.int64), lambda acc, x: acc + tf.cast(tf.shape(x)[0], tf.int64)))
     return {"rows": rows, "seconds": time.perf_counter() - start, "first": first}
+
+
+def _raw(path: str, cold: bool) -> tuple[int, float]:
+    """The limit: the data's bytes read with ``preadv`` by 8 threads x 8 MB (cold), 2 x 256 KB (warm)."""
+    import npstream
+
+    layout = npstream.open(path).layout
+    threads, piece = (8, 8 << 20) if cold else (2, 256 << 10)
+    start, end = layout.offset, layout.offset + layout.data_bytes
+    return end - start, _preadv_run(path, start, end, threads, piece)
 
 
 def child(name: str, path: str, batch: int, budget: str, seconds: float) -> dict:

@@ -43,8 +43,8 @@ def index_of(rows: np.ndarray) -> np.ndarray:
 
 
 def small_budget(shuffle, rows: int = 1000, window_rows: int = 32, row_bytes: int = 16) -> int:
-    permutation = 4 * rows if shuffle == "global" else 0
-    return max(window_rows * row_bytes * core.WINDOWS_ALIVE + permutation, 4 * permutation)
+    """A budget whose windows hold ``window_rows`` rows (a WINDOWS_ALIVE-th of it each)."""
+    return window_rows * row_bytes * core.WINDOWS_ALIVE
 
 
 @pytest.fixture(scope="module")
@@ -257,15 +257,16 @@ def test_restore_reads_only_the_window_it_needs(indexed_file, shuffle, batch, sh
     fresh = npstream.batches(indexed_file, shard_index=shard, **kwargs)
     fresh.restore({**stream.state(), "epoch": epoch, "batch": k})
     reads: list[tuple[int, int]] = []
-    real = fresh._reader.read
+    real = fresh._reader.prepare
 
     def counting(e, w):
         reads.append((e, w))
         return real(e, w)
 
-    fresh._ahead._read = counting
+    fresh._reader.prepare = counting
     got = [x.copy() for x in fresh]
-    assert reads[0] == (epoch, fresh.spec.plan.window_of_batch(k)[0])
+    # Nothing before the window holding batch k is read (windows after it are read ahead).
+    assert min(reads) == (epoch, fresh.spec.plan.window_of_batch(k)[0])
     assert len(got) == len(expected)
     for x, y in zip(got, expected, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -302,15 +303,14 @@ def test_memory_budget_in_force(indexed_file) -> None:
 
 def test_auto_budget_rule() -> None:
     mib = 1 << 20
-    # Small batches: AUTO_MIN_BUDGET; big ones: WINDOWS_ALIVE batches; plus the permutation.
-    assert core.auto_budget(mib, 0, spare=64 << 30) == 256 * mib
-    assert core.auto_budget(52 * mib, 0, spare=64 << 30) == core.WINDOWS_ALIVE * 52 * mib
-    assert core.auto_budget(mib, 40 * mib, spare=64 << 30) == 296 * mib
+    # Small batches: AUTO_MIN_BUDGET; big ones: WINDOWS_ALIVE batches.
+    assert core.auto_budget(mib, spare=64 << 30) == 256 * mib
+    assert core.auto_budget(52 * mib, spare=64 << 30) == core.WINDOWS_ALIVE * 52 * mib
     # Capped by a quarter of what is spare, but never below what one batch per window needs.
-    assert core.auto_budget(mib, 0, spare=400 * mib) == 100 * mib
-    assert core.auto_budget(52 * mib, 0, spare=1000 * mib) == 520 * mib
+    assert core.auto_budget(mib, spare=400 * mib) == 100 * mib
+    assert core.auto_budget(52 * mib, spare=1000 * mib) == 520 * mib
     with pytest.raises(UsageError, match="spare"):
-        core.auto_budget(52 * mib, 0, spare=500 * mib)
+        core.auto_budget(52 * mib, spare=500 * mib)
 
 
 def test_spare_memory_is_plausible() -> None:

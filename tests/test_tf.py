@@ -97,11 +97,9 @@ def epoch_seeds(seed: int, count: int) -> list[int]:
 def budget(shuffle, rows: int = 1000, window_rows: int = 32, row_bytes: int = 16) -> int:
     """A memory budget small enough that a small file spans many windows of ``window_rows``.
 
-    A window is a WINDOWS_ALIVE-th of the budget; global shuffle first sets aside 4 bytes per
-    row for its permutation, which must fit in a quarter of the budget.
+    A window is a WINDOWS_ALIVE-th of the budget (global shuffle keeps no permutation).
     """
-    permutation = 4 * rows if shuffle == "global" else 0
-    return max(window_rows * row_bytes * core.WINDOWS_ALIVE + permutation, 4 * permutation)
+    return window_rows * row_bytes * core.WINDOWS_ALIVE
 
 
 def pearson(order: np.ndarray) -> float:
@@ -792,9 +790,6 @@ def test_batch_too_big_for_the_budget(tf_tmp) -> None:
     with pytest.raises(UsageError, match=r"batch.*memory_budget"):
         ntf.dataset(path, batch_size=1000, memory_budget=core.WINDOWS_ALIVE * 1024_000 - 1)
     ntf.dataset(path, batch_size=1000, memory_budget=core.WINDOWS_ALIVE * 1024_000)
-    with pytest.raises(UsageError, match="global"):
-        ntf.dataset(save(tf_tmp, "long.npy", np.zeros(300_000, np.uint8)), batch_size=1, shuffle="global",
-                    memory_budget="1MB")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -107,14 +107,11 @@ class Batches:
         self.spec = spec
         self.share = Share(spec.plan, *share)
         self._reader = WindowReader(spec, align_batches=True)
-        self._ahead = ReadAhead(self._read_share, len(self.share.windows))
+        self._ahead = ReadAhead(self._reader, windows=self.share.windows)
         self._next_epoch = 0
         self._next_batch = 0
         self._position: tuple[int, int] | None = None  # (epoch, batches yielded) of the latest iteration
         self._identity_cache: dict[str, Any] | None = None
-
-    def _read_share(self, epoch: int, j: int) -> list[np.ndarray]:
-        return self._reader.read(epoch, int(self.share.windows[j]))
 
     # -- sizes -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -254,12 +251,9 @@ class BatchAccess:
         self.share = Share(spec.plan, *share)
         self.cache_windows = cache_windows
         self._reader = WindowReader(spec, align_batches=True)
-        self._ahead = ReadAhead(self._read_share, len(self.share.windows))
+        self._ahead = ReadAhead(self._reader, windows=self.share.windows)
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], Future] = OrderedDict()
-
-    def _read_share(self, epoch: int, j: int) -> list[np.ndarray]:
-        return self._reader.read(epoch, int(self.share.windows[j]))
 
     def __len__(self) -> int:
         return len(self.share)

@@ -5,7 +5,11 @@ An epoch is a *row sequence*: every row index once, in the order the epoch visit
 * ``shuffle="none"``: rows in file order.
 * ``shuffle="block"``: the file is cut into blocks of ``block_rows`` contiguous rows (about
   1 MB, so disk reads stay large); the blocks are visited in a seeded random order.
-* ``shuffle="global"``: a uniform random permutation of all rows.
+* ``shuffle="global"``: a uniform random permutation of all rows. Up to ``EXACT_PERMUTATION_ROWS``
+  rows it is drawn whole (numpy's ``permutation``); above, position ``p`` of the sequence is
+  ``index_permutation(rows, epoch_seed)(p)``, a keyed bijection of ``[0, rows)`` evaluated for a
+  window's positions only (see :func:`index_permutation`), so neither time nor memory grows with
+  the array: a whole permutation of 8 M rows took 0.3-4 s here and 4 bytes a row.
 
 Sharding cuts the sequence into ``num_shards`` contiguous parts (part ``i`` for shard ``i``).
 Without ``drop_remainder`` part ``i`` is positions ``[i*N//S, (i+1)*N//S)`` (sizes differ by at
@@ -35,9 +39,20 @@ import numpy as np
 
 from .._errors import UsageError
 
-__all__ = ["SHUFFLE_MODES", "EpochPlan", "Window", "epoch_seed"]
+__all__ = [
+    "EXACT_PERMUTATION_ROWS",
+    "SHUFFLE_MODES",
+    "EpochPlan",
+    "Window",
+    "epoch_seed",
+    "index_permutation",
+]
 
 SHUFFLE_MODES = ("none", "block", "global")
+EXACT_PERMUTATION_ROWS = 1 << 16
+"""Global shuffle draws a whole permutation up to this many rows (under a millisecond)."""
+FEISTEL_ROUNDS = 6
+_FEISTEL_PIECE = 1 << 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,8 @@ class Window:
     """Output row ``j`` is row ``gather[j]`` of the concatenated segments; ``None``: as read."""
     rows: int
     """Rows in the window (the sum of segment lengths)."""
+    sorted_rows: np.ndarray | None = None
+    """Global shuffle: the window's file rows, ascending (the rows ``segments`` cover)."""
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -141,9 +158,7 @@ class EpochPlan:
         if self.drop_remainder:
             return True
         n, shards = self.rows, self.num_shards
-        return all(
-            ((i + 1) * n // shards - i * n // shards) % self.batch_size == 0 for i in range(shards)
-        )
+        return all(((i + 1) * n // shards - i * n // shards) % self.batch_size == 0 for i in range(shards))
 
     def window_bounds(self, window: int) -> tuple[int, int]:
         """Positions ``[start, stop)`` of ``window`` in the epoch's row sequence."""
@@ -182,16 +197,17 @@ class EpochPlan:
         if self.shuffle == "none":
             return Window(np.array([[first, last]], dtype=np.int64), None, rows)
         if self.shuffle == "global":
-            wanted = _permutation(self.rows, epoch_seed)[first:last]
+            wanted = global_positions(self.rows, epoch_seed, first, last)
             # Read in file order, merging adjacent rows into one read, then put rows in place.
-            order = np.argsort(wanted, kind="stable")
+            order = np.argsort(wanted)  # unique values: any sort is stable
             ranked = wanted[order]
             breaks = np.flatnonzero(np.diff(ranked) != 1) + 1
             starts = ranked[np.concatenate(([0], breaks))]
             stops = ranked[np.concatenate((breaks - 1, [rows - 1]))] + 1
             gather = np.empty(rows, dtype=np.int64)
             gather[order] = np.arange(rows, dtype=np.int64)
-            return Window(np.stack([starts, stops], axis=1).astype(np.int64), gather, rows)
+            segments = np.stack([starts, stops], axis=1).astype(np.int64)
+            return Window(segments, gather, rows, ranked.astype(np.int64, copy=False))
         block_order, block_ends = _block_sequence(self.rows, self.block_rows, epoch_seed)
         # Blocks overlapping positions [first, last) of the sequence, clipped to it.
         lo = int(np.searchsorted(block_ends, first, side="right"))
@@ -220,13 +236,75 @@ class EpochPlan:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=2)
+def global_positions(rows: int, epoch_seed: int, first: int, last: int) -> np.ndarray:
+    """The file rows at positions ``[first, last)`` of a global-shuffle epoch."""
+    if rows <= EXACT_PERMUTATION_ROWS:
+        return _permutation(rows, epoch_seed)[first:last].astype(np.int64)
+    return index_permutation(rows, epoch_seed, np.arange(first, last, dtype=np.uint64))
+
+
+@functools.lru_cache(maxsize=4)
 def _permutation(rows: int, epoch_seed: int) -> np.ndarray:
-    # The smallest integer type that holds every row index keeps this cache small (4 B/row).
-    dtype = np.uint32 if rows <= np.iinfo(np.uint32).max else np.int64
-    perm = _rng(epoch_seed, 0).permutation(rows).astype(dtype)
+    perm = _rng(epoch_seed, 0).permutation(rows)
     perm.flags.writeable = False
     return perm
+
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """splitmix64's finaliser of ``x ^ key``: every input bit affects every output bit."""
+    x = x ^ key
+    x ^= x >> _S30
+    x *= _MIX1
+    x ^= x >> _S27
+    x *= _MIX2
+    x ^= x >> _S31
+    return x
+
+
+def index_permutation(rows: int, epoch_seed: int, positions: np.ndarray) -> np.ndarray:
+    """``perm[positions]`` for a keyed permutation ``perm`` of ``[0, rows)``, without building it.
+
+    An alternating Feistel network on the smallest bit width holding ``rows``, split into a high
+    and a low half: ``FEISTEL_ROUNDS`` rounds, each adding (xor) to one half a 64-bit mix of the
+    other half and a round key drawn from ``epoch_seed``. Every round is invertible, so the whole
+    is a bijection of ``[0, 2**bits)``, and with a pseudo-random round function it is a
+    pseudo-random permutation (Luby-Rackoff). Values landing outside ``[0, rows)`` are encrypted
+    again until they land inside ("cycle walking"), which keeps it a bijection of ``[0, rows)``;
+    the domain is under twice ``rows``, so that takes under two passes on average. Vectorised,
+    for a window's positions only.
+    """
+    bits = max(2, int(rows - 1).bit_length())
+    low_bits = bits // 2
+    low_mask = np.uint64((1 << low_bits) - 1)
+    high_mask = np.uint64((1 << (bits - low_bits)) - 1)
+    shift = np.uint64(low_bits)
+    keys = np.random.SeedSequence([epoch_seed & 0xFFFFFFFFFFFFFFFF, 4]).generate_state(
+        FEISTEL_ROUNDS, np.uint64
+    )
+    values = np.asarray(positions, dtype=np.uint64).copy()
+    limit = np.uint64(rows)
+    # In pieces that stay in the CPU cache: each round passes over the values a dozen times.
+    for start in range(0, len(values), _FEISTEL_PIECE):
+        part = values[start : start + _FEISTEL_PIECE]
+        todo = np.arange(len(part))
+        while len(todo):
+            x = part[todo]
+            high, low = x >> shift, x & low_mask
+            for i, key in enumerate(keys):
+                if i % 2:
+                    high ^= _mix(low, key) & high_mask
+                else:
+                    low ^= _mix(high, key) & low_mask
+            high <<= shift
+            high |= low
+            part[todo] = high
+            todo = todo[high >= limit]
+    return values.astype(np.int64)
 
 
 @functools.lru_cache(maxsize=8)

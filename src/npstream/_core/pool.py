@@ -3,10 +3,16 @@
 Fresh multi-megabyte arrays cost a page fault per 4 KB page on first touch, and when memory is
 returned and requested again at this rate, resident memory balloons (measured: a pipeline that
 allocated a new 32 MB window per call ran at a third of the speed and grew RSS by ~290 MB; the
-same pipeline reusing buffers grew by ~35 MB). TensorFlow's ``numpy_function`` does not copy a
-returned array that is 64-byte aligned: the tensor keeps a reference to the array's memory. So a
-buffer may be reused exactly when nothing but the pool refers to its memory, which the owner's
-reference count tells. Every buffer is allocated 64-byte aligned so the zero-copy path applies.
+same pipeline reusing buffers grew by ~35 MB; a leak of read-ahead buffers showed up as a third
+of the CPU zeroing fresh huge pages). TensorFlow's ``numpy_function`` does not copy a returned
+array that is 64-byte aligned: the tensor keeps a reference to the array's memory. So a buffer
+may be reused exactly when nothing but the pool refers to its memory, which the owner's
+reference count tells.
+
+Every buffer is 64-byte aligned (so the zero-copy path applies), and a caller may ask for a
+*skew*: the buffer's address modulo 4096. A window read from a file with ``O_DIRECT`` lands
+straight in its buffer when buffer addresses and file offsets agree modulo the page size
+(``_storage/direct.py``); the pool keeps a page of slack in every owner to place the view.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import threading
 
 import numpy as np
 
-__all__ = ["ALIGN", "BufferPool", "aligned_batches", "aligned_empty"]
+__all__ = ["ALIGN", "PAGE", "BufferPool", "aligned_batches", "aligned_empty"]
 
 ALIGN = 64
+PAGE = 4096
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -30,6 +37,25 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return owner[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
+def _batch_stride(shape: tuple[int, ...], dtype: np.dtype) -> int | None:
+    """Bytes from one batch to the next when batches must be padded to stay aligned, else None."""
+    batch_bytes = math.prod(shape[1:]) * dtype.itemsize
+    if batch_bytes % ALIGN == 0 or shape[0] <= 1:
+        return None
+    return -(-batch_bytes // ALIGN) * ALIGN
+
+
+def _layout(owner: np.ndarray, start: int, shape: tuple[int, ...], dtype: np.dtype, stride: int | None):
+    nbytes = math.prod(shape) * dtype.itemsize if stride is None else shape[0] * stride
+    raw = owner[start : start + nbytes]
+    if stride is None:
+        return raw.view(dtype).reshape(shape)
+    inner = [dtype.itemsize]  # C-order strides of one batch, innermost first
+    for n in reversed(shape[2:]):
+        inner.insert(0, inner[0] * n)
+    return np.ndarray(shape, dtype=dtype, buffer=raw, strides=(stride, *inner[: len(shape) - 1]))
+
+
 def aligned_batches(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised ``(batches, batch_rows, ...)`` array in which every batch is aligned.
 
@@ -37,48 +63,50 @@ def aligned_batches(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     array); otherwise each batch starts ``ALIGN``-aligned after some padding, and only each
     ``array[k]`` is contiguous.
     """
-    batch_bytes = math.prod(shape[1:]) * dtype.itemsize
-    if batch_bytes % ALIGN == 0 or shape[0] <= 1:
-        return aligned_empty(shape, dtype)
-    stride = -(-batch_bytes // ALIGN) * ALIGN
-    padded = aligned_empty((shape[0], stride), np.dtype(np.uint8))
-    inner = [dtype.itemsize]  # C-order strides of one batch, innermost first
-    for n in reversed(shape[2:]):
-        inner.insert(0, inner[0] * n)
-    return np.ndarray(shape, dtype=dtype, buffer=padded, strides=(stride, *inner[: len(shape) - 1]))
+    stride = _batch_stride(shape, dtype)
+    nbytes = math.prod(shape) * dtype.itemsize if stride is None else shape[0] * stride
+    owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    return _layout(owner, -owner.ctypes.data % ALIGN, shape, dtype, stride)
 
 
 class BufferPool:
-    """Hands out arrays of a given shape and dtype, reusing those no one else holds.
+    """Hands out arrays of a given shape and dtype, reusing memory no one else holds.
 
-    A returned array's memory belongs to an owner array that only the pool references (and the
-    views made from it). When a consumer, such as a TensorFlow tensor, still holds a view, the
-    owner's reference count is above what it was when the pool stored it, and the buffer is
-    skipped. At most ``keep`` buffers are kept per (shape, dtype); beyond that, new arrays are
-    simply allocated and left to the garbage collector.
+    The pool keeps *owners* (flat byte arrays) and hands out views of them. When a consumer,
+    such as a TensorFlow tensor, still holds a view, the owner's reference count is above what
+    it is when only the pool holds it, and the owner is skipped. At most ``keep`` owners are
+    kept per size; beyond that, new arrays are simply allocated and left to the garbage
+    collector.
     """
 
     def __init__(self, keep: int = 8):
         self.keep = keep
         self._lock = threading.Lock()
-        self._free: dict[tuple, list[tuple[np.ndarray, tuple[int, int]]]] = {}
+        self._free: dict[int, list[np.ndarray]] = {}
 
-    def get(self, shape: tuple[int, ...], dtype: np.dtype, align_batches: bool = False) -> np.ndarray:
-        """A buffer of ``shape``; with ``align_batches``, laid out by :func:`aligned_batches`."""
-        key = (shape, dtype.str if dtype.names is None else str(dtype.descr), align_batches)
+    def get(
+        self, shape: tuple[int, ...], dtype: np.dtype, align_batches: bool = False, skew: int | None = None
+    ) -> np.ndarray:
+        """A buffer of ``shape``: padded batches with ``align_batches`` (see
+        :func:`aligned_batches`), at an address that is ``skew`` modulo ``PAGE`` if given (a
+        multiple of ``ALIGN``; contiguous layouts only)."""
+        stride = _batch_stride(shape, dtype) if align_batches else None
+        nbytes = math.prod(shape) * dtype.itemsize if stride is None else shape[0] * stride
+        size = nbytes + PAGE  # room to place the view at any skew
         with self._lock:
-            entries: list[tuple[np.ndarray, tuple[int, int]]] = self._free.setdefault(key, [])
-            for view, idle in entries:
-                # Idle: referenced by the pool alone, and no other view of its memory exists.
-                if (sys.getrefcount(view), sys.getrefcount(view.base)) == idle:
-                    return view
-            view = aligned_batches(shape, dtype) if align_batches else aligned_empty(shape, dtype)
-            if len(entries) < self.keep:
-                # Counted as the loop above will count an idle entry: the list's tuple (+1), a
-                # local name and getrefcount's argument.
-                idle = (sys.getrefcount(view) + 1, sys.getrefcount(view.base))
-                entries.append((view, idle))
-            return view
+            owners = self._free.setdefault(size, [])
+            for owner in owners:
+                # Idle: referenced only by the pool's list, this loop's name and getrefcount.
+                if sys.getrefcount(owner) == 3:
+                    break
+            else:
+                owner = np.empty(size, dtype=np.uint8)
+                if len(owners) < self.keep:
+                    owners.append(owner)
+        address = owner.ctypes.data
+        placed = skew is not None and stride is None
+        start = (skew - address) % PAGE if placed else -address % ALIGN  # type: ignore[operator]
+        return _layout(owner, start, shape, dtype, stride)
 
     def clear(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import UsageError
+from .._formats.file import enable_direct_io
 from .._formats.open import open as open_source
 from .._formats.source import ArraySource
 from .._units import format_bytes, parse_bytes
@@ -36,11 +37,13 @@ __all__ = [
     "Leaf",
     "BLOCK_BYTES",
     "FIRST_WINDOW_BYTES",
+    "FIRST_WINDOW_READS",
     "LEAD_WINDOWS",
     "MIN_BLOCKS",
     "WINDOWS_ALIVE",
     "StreamSpec",
     "auto_budget",
+    "direct_io_wanted",
     "make_plan",
     "make_stream",
     "plan_sizes",
@@ -51,6 +54,8 @@ BLOCK_BYTES = 1 << 20
 """Block shuffle reads blocks of at least this many bytes, so disks see large requests."""
 FIRST_WINDOW_BYTES = 1 << 20
 """The first windows of an epoch are about this big, so the first batch arrives quickly."""
+FIRST_WINDOW_READS = 1024
+"""... and, in a global shuffle, hold about this many rows (random reads) at most."""
 MIN_BLOCKS = 1024
 """Files with fewer BLOCK_BYTES blocks than this get smaller blocks (see :func:`plan_sizes`)."""
 WINDOWS_ALIVE = 10
@@ -83,9 +88,7 @@ def leaf_tree(source: int, dtype: np.dtype, row_shape: tuple[int, ...], path: tu
     if dtype.names is not None:
         fields = dtype.fields
         assert fields is not None
-        return {
-            name: leaf_tree(source, fields[name][0], row_shape, (*path, name)) for name in dtype.names
-        }
+        return {name: leaf_tree(source, fields[name][0], row_shape, (*path, name)) for name in dtype.names}
     if dtype.subdtype is not None:
         base, sub_shape = dtype.subdtype
         return leaf_tree(source, base, (*row_shape, *sub_shape), path)
@@ -209,16 +212,16 @@ def _cgroup_files() -> list[tuple[str, str]]:
     return files
 
 
-def auto_budget(batch_bytes: int, permutation_bytes: int, spare: int | None = None) -> int:
+def auto_budget(batch_bytes: int, spare: int | None = None) -> int:
     """The budget ``memory_budget="auto"`` gives: full speed for this batch, within what is spare.
 
     Full speed needs WINDOWS_ALIVE windows of at least one batch each, and windows of at least
-    AUTO_MIN_BUDGET / WINDOWS_ALIVE bytes (reads of tens of MB), plus the global-shuffle
-    permutation. That is capped at 1/AUTO_SHARE of :func:`spare_memory`, but never below what
-    one batch per window needs: a batch that large is an error (with the numbers), not a crawl.
+    AUTO_MIN_BUDGET / WINDOWS_ALIVE bytes (reads of tens of MB). That is capped at 1/AUTO_SHARE
+    of :func:`spare_memory`, but never below what one batch per window needs: a batch that large
+    is an error (with the numbers), not a crawl.
     """
-    wanted = max(AUTO_MIN_BUDGET, WINDOWS_ALIVE * batch_bytes) + permutation_bytes
-    needed = WINDOWS_ALIVE * batch_bytes + permutation_bytes
+    wanted = max(AUTO_MIN_BUDGET, WINDOWS_ALIVE * batch_bytes)
+    needed = WINDOWS_ALIVE * batch_bytes
     spare = spare_memory() if spare is None else spare
     cap = spare // AUTO_SHARE
     if needed > spare:
@@ -230,22 +233,29 @@ def auto_budget(batch_bytes: int, permutation_bytes: int, spare: int | None = No
     return max(min(wanted, cap), needed)
 
 
-def resolve_budget(memory_budget: Any, batch_bytes: int, permutation_bytes: int) -> int:
+def direct_io_wanted(data_bytes: int, spare: int | None = None) -> bool:
+    """Whether to read ``data_bytes`` of local data around the page cache.
+
+    Yes when the data is larger than the memory this process could spare: the page cache could
+    not keep it between epochs, so every epoch reads it from the device anyway, and direct reads
+    cost a fraction of the CPU (``_storage/direct.py``). ``NPSTREAM_DIRECT_IO=1`` or ``0``
+    overrides (benchmarks; file systems where direct reads misbehave).
+    """
+    forced = os.environ.get("NPSTREAM_DIRECT_IO", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return data_bytes > (spare_memory() if spare is None else spare)
+
+
+def resolve_budget(memory_budget: Any, batch_bytes: int) -> int:
     if isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto":
-        return auto_budget(batch_bytes, permutation_bytes)
+        return auto_budget(batch_bytes)
     return parse_bytes(memory_budget, "memory_budget")
 
 
 # -- plan sizes --------------------------------------------------------------------------------
 def _row_bytes(source: ArraySource) -> int:
     return max(math.prod(source.shape[1:]) * source.dtype.itemsize, 1)
-
-
-def permutation_bytes(rows: int, mode: str) -> int:
-    """Memory the global-shuffle permutation takes (the smallest integer type that holds a row)."""
-    if mode != "global":
-        return 0
-    return rows * (4 if rows <= np.iinfo(np.uint32).max else 8)
 
 
 def plan_sizes(sources: list[ArraySource], batch_size: int, budget: int, mode: str) -> tuple[int, int]:
@@ -261,24 +271,15 @@ def plan_sizes(sources: list[ArraySource], batch_size: int, budget: int, mode: s
     block_rows = math.ceil(block_rows / chunk) * chunk
     total_row = sum(row_bytes)
     batch_bytes = batch_size * total_row
-    permutation = permutation_bytes(rows, mode)
-    if permutation > budget // 4:
-        needed = max(4 * permutation, permutation + WINDOWS_ALIVE * batch_bytes)
-        raise UsageError(
-            f"shuffle='global' over {rows} rows keeps a {format_bytes(permutation)} permutation, "
-            f"over a quarter of memory_budget={format_bytes(budget)}; raise memory_budget to at "
-            f"least {format_bytes(needed, round_up=True)} "
-            "or use shuffle=True (block shuffle)"
-        )
-    window_rows = ((budget - permutation) // WINDOWS_ALIVE // total_row) // batch_size * batch_size
+    # Global shuffle keeps no permutation (the plan computes a window's positions on demand).
+    window_rows = (budget // WINDOWS_ALIVE // total_row) // batch_size * batch_size
     if window_rows == 0:
-        needed = permutation + WINDOWS_ALIVE * batch_bytes
+        needed = WINDOWS_ALIVE * batch_bytes
         raise UsageError(
             f"one batch of {batch_size} rows is {format_bytes(batch_bytes)}; npstream keeps up to "
-            f"{WINDOWS_ALIVE} batches' worth alive"
-            + (f" besides a {format_bytes(permutation)} permutation" if permutation else "")
-            + f", which exceeds memory_budget={format_bytes(budget)}: raise memory_budget to at "
-            f"least {format_bytes(needed, round_up=True)} or lower batch_size"
+            f"{WINDOWS_ALIVE} batches' worth alive, which exceeds memory_budget="
+            f"{format_bytes(budget)}: raise memory_budget to at least "
+            f"{format_bytes(needed, round_up=True)} or lower batch_size"
         )
     return block_rows, window_rows
 
@@ -295,9 +296,14 @@ def make_plan(
 ) -> EpochPlan:
     """The :class:`EpochPlan` every adapter follows for these sources and arguments."""
     block_rows, window_rows = plan_sizes(sources, batch_size, budget, mode)
-    # About 1 MB windows first: the first batch of an epoch waits only for such a read.
+    # About 1 MB windows first: the first batch of an epoch waits only for such a read. A global
+    # shuffle reads every row on its own: there at most FIRST_WINDOW_READS rows (a cold disk
+    # serves some 20-50 thousand random reads a second).
     row_bytes = sum(_row_bytes(s) for s in sources)
-    first_rows = max(1, FIRST_WINDOW_BYTES // row_bytes // batch_size) * batch_size
+    first_rows = FIRST_WINDOW_BYTES // row_bytes
+    if mode == "global":
+        first_rows = min(first_rows, FIRST_WINDOW_READS)
+    first_rows = max(1, first_rows // batch_size) * batch_size
     return EpochPlan(
         rows=len(sources[0]),
         batch_size=batch_size,
@@ -418,7 +424,10 @@ def make_stream(
             "are aligned row by row, so every source needs the same length"
         )
     batch_bytes = batch_size * sum(_row_bytes(s) for s in sources)
-    budget = resolve_budget(memory_budget, batch_bytes, permutation_bytes(len(sources[0]), mode))
+    budget = resolve_budget(memory_budget, batch_bytes)
+    if direct_io_wanted(sum(len(s) * _row_bytes(s) for s in sources)):
+        for source in sources:
+            enable_direct_io(source)
     plan = make_plan(
         sources,
         batch_size=batch_size,
@@ -430,6 +439,4 @@ def make_stream(
     )
     if seed is None:
         seed = secrets.randbits(63)
-    return StreamSpec(
-        sources=sources, structure=shape, plan=plan, seed=int(seed), memory_budget=budget
-    )
+    return StreamSpec(sources=sources, structure=shape, plan=plan, seed=int(seed), memory_budget=budget)

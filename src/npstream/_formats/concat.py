@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._errors import FormatError
+from .._errors import FormatError, UsageError
 from .source import ArraySource, SourceBase
 
 __all__ = ["ConcatSource"]
@@ -51,6 +51,44 @@ class ConcatSource(SourceBase):
             end = min(stop, self._starts[index + 1]) - part_start
             if end > begin:
                 self.parts[index].read(begin, end, out[done : done + end - begin])
+                done += end - begin
+            index += 1
+
+    def _split(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
+        """``(part, first, last)``: rows ``rows[first:last]`` (sorted) lie in part ``part``."""
+        parts = np.searchsorted(np.asarray(self._starts[1:]), rows, side="right")
+        breaks = np.flatnonzero(np.diff(parts)) + 1
+        bounds = [0, *breaks.tolist(), len(rows)]
+        return [(int(parts[a]), a, b) for a, b in itertools.pairwise(bounds)]
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Scattered rows, each part's rows with that part's ``read_rows`` (one call per file)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_out(out, len(rows))
+        if not len(rows):
+            return out
+        if rows[0] < 0 or rows[-1] >= len(self) or (len(rows) > 1 and bool(np.any(rows[1:] <= rows[:-1]))):
+            raise UsageError(
+                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
+            )
+        for part, first, last in self._split(rows):
+            self.parts[part].read_rows(rows[first:last] - self._starts[part], out[first:last])
+        return out
+
+    def can_scatter(self) -> bool:
+        return all(getattr(part, "can_scatter", lambda: False)() for part in self.parts)
+
+    def read_scatter(self, start: int, stop: int, out: np.ndarray, positions: np.ndarray) -> None:
+        """Rows ``[start, stop)`` to ``out`` rows ``positions`` (see ``FileSource.read_scatter``)."""
+        start, stop = self._check_range(start, stop)
+        index = bisect.bisect_right(self._starts, start) - 1
+        done = 0
+        while start + done < stop:
+            part_start = self._starts[index]
+            begin = start + done - part_start
+            end = min(stop, self._starts[index + 1]) - part_start
+            if end > begin:
+                self.parts[index].read_scatter(begin, end, out, positions[done : done + end - begin])  # type: ignore[attr-defined]
                 done += end - begin
             index += 1
 

@@ -46,6 +46,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .._errors import ReadError
+from .preads import read_many
 
 __all__ = ["LocalFile", "cache_capacity", "open_readonly", "pread_into"]
 
@@ -322,7 +323,7 @@ class LocalFile:
             )
         return _cache.insert(self._slot, fd)
 
-    def read_into(self, offset: int, buf: memoryview) -> None:
+    def _acquire(self) -> _Handle:
         try:
             handle = _cache.acquire(self._slot)
             if handle is None:
@@ -336,8 +337,21 @@ class LocalFile:
                     ) from exc
         except _Closed:
             raise ReadError(f"{self.name}: the source was closed") from None
+        return handle
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        handle = self._acquire()
         try:
             pread_into(handle.fd, buf, offset, self.name)
+        finally:
+            _cache.release(handle)
+
+    def read_many(self, offsets, lengths, out, destinations) -> None:  # type: ignore[no-untyped-def]
+        """Many ranges in one call (see :func:`~npstream._storage.preads.read_many`): an optional
+        ByteSource method that formats use for scattered rows when a source has it."""
+        handle = self._acquire()
+        try:
+            read_many(handle.fd, offsets, lengths, out, destinations, self.name)
         finally:
             _cache.release(handle)
 

@@ -1,0 +1,363 @@
+"""What to read next: the pure half of reading ahead (no threads, no I/O).
+
+A disk is fastest with several requests in flight *at every moment*. Reading a window, waiting
+for its last piece, then starting the next leaves the disk idle at every window boundary and
+with fewer requests in flight while a window's last pieces trickle in: the pipeline measured
+0.35-0.72x of the disk cold that way (issue 7). So reading is planned as one stream of pieces
+over the upcoming windows:
+
+* :func:`window_pieces` cuts a window into pieces: contiguous row ranges of at most
+  ``piece_bytes`` (file order, block shuffle), or runs of sorted row ids (global shuffle) split
+  only at ``chunk_rows`` boundaries, so a chunked source reads each chunk once per piece.
+* :class:`ReadQueue` decides which window to start next and which piece to issue next: windows
+  in the order the consumer will ask for them, a window the consumer waits for ahead of all
+  others, at most ``in_flight`` pieces out at once, and windows started only while their
+  buffers fit in ``ahead_bytes`` (a slow consumer stops the reading; nothing grows).
+
+How many requests and how large comes from :data:`PROFILES`, a small table per storage kind
+(``ByteSource.kind``) and access pattern, measured on these machines (README, "Performance").
+The threads that execute the decisions live in :mod:`~npstream._core.readahead`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .plan import Window
+
+__all__ = ["PROFILES", "Piece", "Profile", "ReadQueue", "profile_for", "storage_kind", "window_pieces"]
+
+Key = tuple[int, int]
+
+SMALL_WINDOW_PIECES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How to keep one kind of storage busy."""
+
+    in_flight: int
+    """Pieces of contiguous ranges in flight at once while reads reach the device and nothing
+    reads ahead for us (direct reads, remote requests)."""
+    in_flight_readahead: int
+    """... while buffered reads reach the device: the kernel reads ahead of each sequential
+    stream (8 MB here), so a few streams keep a disk busy and more only cost CPU."""
+    in_flight_cached: int
+    """Pieces in flight at once while reads come from the page cache (``adaptive`` profiles):
+    then a read is a copy, and more threads than cores only contend for them."""
+    piece_bytes: int
+    """The largest contiguous piece; windows are cut into pieces of this size."""
+    min_piece_bytes: int
+    """Small windows are cut into a few pieces, but none smaller than this."""
+    scattered_in_flight: int
+    """Pieces of scattered rows (global shuffle) in flight at once while reads reach the device:
+    small random reads need many outstanding requests to use a device's parallelism."""
+    rows_per_piece: int
+    """Scattered rows per piece (fewer when a window has fewer rows than that many pieces)."""
+    adaptive: bool
+    """Whether the reader can tell cached reads from device reads (local files: the process's
+    I/O counters) and should switch between ``in_flight`` and ``in_flight_cached``."""
+
+
+PROFILES: dict[str, Profile] = {
+    # Local disks (README "Performance" has the sweeps): a cold disk wants 4-8 requests of
+    # 4-8 MB; cached reads are copies, best from 2 threads on 2 cores; random rows want 32+.
+    "local": Profile(in_flight=8, in_flight_readahead=3, in_flight_cached=2, piece_bytes=4 << 20,
+                     min_piece_bytes=256 << 10, scattered_in_flight=32, rows_per_piece=2048, adaptive=True),
+    # Object stores: each request has tens of ms of latency; more of them, larger.
+    "remote": Profile(in_flight=32, in_flight_readahead=32, in_flight_cached=32, piece_bytes=8 << 20,
+                      min_piece_bytes=1 << 20, scattered_in_flight=64, rows_per_piece=512, adaptive=False),
+}  # fmt: skip
+
+
+def storage_kind(source: object) -> str:
+    """``"remote"`` if any byte source under ``source`` is remote, else ``"local"``."""
+    todo = [source]
+    while todo:
+        item = todo.pop()
+        data = getattr(item, "data", None)
+        if getattr(data, "kind", "local") == "remote" or getattr(item, "kind", None) == "remote":
+            return "remote"
+        todo.extend(getattr(item, "parts", ()))
+    return "local"
+
+
+def profile_for(sources: Sequence[object]) -> Profile:
+    kinds = {storage_kind(source) for source in sources}
+    return PROFILES["remote" if "remote" in kinds else "local"]
+
+
+# -- pieces ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One request: rows of one source into consecutive rows of the window's read buffer.
+
+    Either ``ranges`` (file rows ``[a, b)``, one after another) or ``rows`` (sorted file row
+    ids, read with ``source.read_rows``); they land at read positions ``[first, first + count)``.
+    """
+
+    source: int
+    first: int
+    count: int
+    ranges: tuple[tuple[int, int], ...] = ()
+    rows: np.ndarray | None = field(default=None, compare=False)
+    scattered: bool = False
+    """Part of a window read from many places (block or global shuffle): such pieces need more
+    requests in flight than a sequential stream, which the kernel's readahead helps."""
+
+    def file_rows(self) -> np.ndarray:
+        """The file rows this piece reads, in read order (for tests and tools)."""
+        if self.rows is not None:
+            return self.rows
+        parts = [np.arange(a, b, dtype=np.int64) for a, b in self.ranges]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def window_pieces(
+    window: Window, source: int, row_bytes: int, chunk_rows: int, profile: Profile
+) -> list[Piece]:
+    """Cut ``window``'s reads from source number ``source`` into pieces (module docstring).
+
+    The pieces' destinations partition ``[0, window.rows)`` in order, and their file rows,
+    concatenated, are exactly the window's read order.
+    """
+    if window.sorted_rows is not None:
+        return _row_pieces(window.sorted_rows, source, chunk_rows, profile)
+    total = window.rows
+    row_bytes = max(row_bytes, 1)
+    limit = max(1, profile.piece_bytes // row_bytes)
+    segments = window.segments.tolist()
+    scattered = len(segments) > 1
+    if scattered:
+        # Block shuffle: a block per piece (a piece of several blocks would be several requests
+        # one after another, fewer in flight); blocks under min_piece_bytes are grouped.
+        group = max(1, profile.min_piece_bytes // row_bytes)
+    else:
+        # A small window (the first of an epoch) in a few pieces, so that it arrives sooner.
+        group = max(1, math.ceil(total / SMALL_WINDOW_PIECES), profile.min_piece_bytes // row_bytes)
+    group = min(limit, group)
+    pieces: list[Piece] = []
+    ranges: list[tuple[int, int]] = []
+    first = taken = 0
+
+    def flush() -> None:
+        nonlocal first, taken, ranges
+        pieces.append(Piece(source, first, taken, tuple(ranges), scattered=scattered))
+        first, taken, ranges = first + taken, 0, []
+
+    for start, stop in segments:
+        while start < stop:
+            take = min(stop - start, limit if scattered else group - taken)
+            if scattered and taken and taken + take > group:
+                flush()
+            ranges.append((start, start + take))
+            start += take
+            taken += take
+            if taken >= group:
+                flush()
+    if ranges:
+        flush()
+    return pieces
+
+
+def _row_pieces(rows: np.ndarray, source: int, chunk_rows: int, profile: Profile) -> list[Piece]:
+    """Sorted rows in about equal pieces, every cut between two chunks of ``chunk_rows``."""
+    count = len(rows)
+    if not count:
+        return []
+    parts = max(1, min(profile.scattered_in_flight * 4, math.ceil(count / profile.rows_per_piece)))
+    cuts = np.linspace(0, count, parts + 1).astype(np.int64)[1:-1]
+    if chunk_rows > 1:
+        # Move each cut forward to the first row of a new chunk.
+        chunks = rows // chunk_rows
+        cuts = np.searchsorted(chunks, chunks[cuts], side="left")
+        cuts = np.where(cuts == 0, np.searchsorted(chunks, chunks[0], side="right"), cuts)
+    bounds = np.unique(np.concatenate(([0], cuts, [count]))).tolist()
+    return [Piece(source, a, b - a, rows=rows[a:b], scattered=True) for a, b in itertools.pairwise(bounds)]
+
+
+# -- which window, which piece ---------------------------------------------------------------
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One started window, as :class:`ReadQueue` sees it."""
+
+    key: Key
+    nbytes: int
+    demanded: bool
+    speculative: bool
+    pending: list[Piece] = field(default_factory=list)  # pieces not yet issued, in order
+    out: int = 0  # pieces issued and not finished
+    planned: bool = False
+    failed: bool = False
+    dropped: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.planned and self.out == 0 and not self.pending
+
+
+class ReadQueue:
+    """The bookkeeping of reading ahead: which windows are started, what is in flight.
+
+    Keys are ``(epoch, window)``; ``successor(key)`` is the key the consumer asks for after
+    ``key``. The caller (holding one lock around every call) plans the windows :meth:`demand`
+    and :meth:`next_window` start, hands their pieces to :meth:`planned`, issues what
+    :meth:`next_piece` returns and reports back with :meth:`piece_done`. Invariants (tested):
+    at most the caller's limit of pieces out at once; the bytes of started windows within
+    ``ahead_bytes``, except for windows the consumer waits for (at most as many as it asks for
+    at once); every piece issued at most once; a dropped window's bytes count until its last
+    piece in flight has finished (it still writes into its buffers until then).
+    """
+
+    MAX_PLANNING = 2
+    """Windows planned at once (planning a global-shuffle window takes milliseconds)."""
+
+    def __init__(
+        self,
+        successor: Callable[[Key], Key | None],
+        window_bytes: Callable[[Key], int],
+        *,
+        ahead_bytes: int,
+        max_windows: int,
+    ) -> None:
+        self.successor = successor
+        self.window_bytes = window_bytes
+        self.ahead_bytes = ahead_bytes
+        self.max_windows = max_windows
+        self.entries: dict[Key, Entry] = {}  # started windows, in start order
+        self.dropped: list[Entry] = []  # dropped windows with pieces still in flight
+        self.cursor: Key | None = None  # the next key to start
+        self.latest: Key | None = None  # the latest key the consumer asked for
+        self.out = 0  # pieces in flight, all windows
+        self.planning = 0  # windows started whose pieces are not known yet
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values()) + sum(e.nbytes for e in self.dropped)
+
+    # -- the consumer ------------------------------------------------------------------------
+    def demand(self, key: Key) -> Entry | None:
+        """The consumer asks for ``key``: a new entry to plan, or None if already started.
+
+        A key nobody predicted (a restore, a new epoch before the last one ended, a second
+        iterator) becomes the point to read ahead from; what was read ahead is dropped.
+        """
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.demanded = True
+            self.latest = key if self.latest is None else max(self.latest, key)
+            return None
+        if key == self.cursor:
+            self.latest = key if self.latest is None else max(self.latest, key)
+        else:
+            for other in [k for k, e in self.entries.items() if not e.demanded]:
+                self.drop(other)
+            self.latest = key
+        entry = self._start(key, demanded=True)
+        self.cursor = self.successor(key)
+        return entry
+
+    def retry(self, key: Key) -> Entry:
+        """Start ``key`` again for a consumer waiting for it (after a failed speculative read)."""
+        self.drop(key)
+        return self._start(key, demanded=True)
+
+    def consumed(self, key: Key) -> None:
+        """The consumer took ``key``: its buffers are no longer ours."""
+        entry = self.entries.pop(key, None)
+        if entry is not None and not entry.complete:
+            self._retire(entry)
+
+    def _start(self, key: Key, demanded: bool) -> Entry:
+        entry = Entry(key, self.window_bytes(key), demanded=demanded, speculative=not demanded)
+        self.entries[key] = entry
+        self.planning += 1
+        return entry
+
+    # -- reading ahead -----------------------------------------------------------------------
+    def next_window(self) -> Entry | None:
+        """The next window to read ahead (a new entry to plan), or None: nothing to read, or no
+        room for it (bytes, windows, or planning under way)."""
+        key = self.cursor
+        while key is not None and key in self.entries:  # the consumer asked for it already
+            key = self.cursor = self.successor(key)
+        if key is None or self.planning >= self.MAX_PLANNING:
+            return None
+        if sum(not e.demanded for e in self.entries.values()) >= self.max_windows:
+            return None
+        need = self.window_bytes(key)
+        while self.held_bytes + need > self.ahead_bytes:
+            if not self._evict_one():
+                return None
+        self.cursor = self.successor(key)
+        return self._start(key, demanded=False)
+
+    def _evict_one(self) -> bool:
+        """Drop one started window the consumer will not ask for; False if there is none."""
+        for key, entry in list(self.entries.items()):
+            if entry.demanded:
+                continue
+            # Behind the consumer (after a restore or a new epoch), or failed: not coming back.
+            if entry.failed or (self.latest is not None and key < self.latest):
+                self.drop(key)
+                return True
+        return False
+
+    def drop(self, key: Key) -> None:
+        """Forget ``key``; its pieces not yet issued never are."""
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._retire(entry)
+
+    def _retire(self, entry: Entry) -> None:
+        entry.dropped = True
+        entry.pending = []
+        if not entry.planned:
+            entry.planned = True
+            self.planning -= 1
+        if entry.out:
+            self.dropped.append(entry)
+
+    def planned(self, entry: Entry, pieces: Sequence[Piece], failed: bool = False) -> None:
+        """``entry``'s pieces are known (its buffers exist), or its planning ``failed``."""
+        if entry.planned:  # dropped while being planned
+            return
+        self.planning -= 1
+        entry.planned = True
+        entry.failed = failed
+        entry.pending = [] if failed else list(pieces)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def next_piece(self, limit: Callable[[Piece], int]) -> tuple[Entry, Piece] | None:
+        """The next piece to issue, or None. ``limit(piece)``: that kind of piece's in-flight bound.
+
+        Windows the consumer waits for come first, then the others in the order they started.
+        """
+        for demanded in (True, False):
+            for entry in self.entries.values():
+                if entry.demanded == demanded and entry.pending:
+                    if self.out >= limit(entry.pending[0]):
+                        return None
+                    entry.out += 1
+                    self.out += 1
+                    return entry, entry.pending.pop(0)
+        return None
+
+    def piece_done(self, entry: Entry, ok: bool) -> bool:
+        """A piece of ``entry`` finished (``ok`` False: it failed). True if the window is now
+        complete: every piece finished, or it failed and none of it is in flight any more."""
+        self.out -= 1
+        entry.out -= 1
+        if not ok:
+            entry.failed = True
+            entry.pending = []
+        if entry.dropped:
+            if entry.out == 0 and entry in self.dropped:
+                self.dropped.remove(entry)
+            return False
+        return entry.complete

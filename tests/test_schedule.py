@@ -1,0 +1,258 @@
+"""The read scheduler's pure decisions (``_core/schedule.py``), without threads or files.
+
+* ``window_pieces``: the pieces of a window read every row of it exactly once, in the window's
+  read order, into destinations that partition the window; no piece is larger than the profile
+  allows; global-shuffle pieces are cut only between chunks.
+* ``ReadQueue``: driven by a simulated consumer and I/O that completes pieces in random order,
+  it never has more pieces out than the limit, never starts read-ahead beyond ``ahead_bytes``,
+  issues every piece of every window the consumer takes exactly once, and follows a consumer
+  that jumps (restore, new epoch) by dropping what it read ahead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npstream._core.plan import EpochPlan
+from npstream._core.schedule import PROFILES, Piece, Profile, ReadQueue, window_pieces
+
+SMALL = Profile(in_flight=3, in_flight_readahead=2, in_flight_cached=2, piece_bytes=64, min_piece_bytes=16,
+                scattered_in_flight=5, rows_per_piece=7, adaptive=True)  # fmt: skip
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def read_order(window) -> np.ndarray:
+    parts = [np.arange(a, b, dtype=np.int64) for a, b in window.segments]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def check_pieces(window, pieces: list[Piece], row_bytes: int, profile: Profile, chunk_rows: int) -> None:
+    # Destinations partition [0, rows) in order.
+    position = 0
+    for piece in pieces:
+        assert piece.first == position and piece.count > 0
+        assert len(piece.file_rows()) == piece.count
+        position += piece.count
+    assert position == window.rows
+    # Every row of the window, each once, in read order.
+    got = np.concatenate([p.file_rows() for p in pieces]) if pieces else np.empty(0, np.int64)
+    np.testing.assert_array_equal(got, read_order(window))
+    if window.sorted_rows is not None:
+        np.testing.assert_array_equal(got, window.sorted_rows)
+        chunks = [set((p.rows // chunk_rows).tolist()) for p in pieces]
+        for a, b in itertools.pairwise(chunks):
+            assert not a & b, "a chunk is split between two pieces"
+        assert all(p.scattered for p in pieces)
+        return
+    limit = max(1, profile.piece_bytes // row_bytes)
+    for piece in pieces:
+        for a, b in piece.ranges:
+            assert b - a <= limit
+        assert piece.count <= max(limit, profile.min_piece_bytes // row_bytes)
+        assert piece.scattered == (len(window.segments) > 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(1, 3000),
+    batch=st.integers(1, 50),
+    mode=st.sampled_from(["none", "block", "global"]),
+    block_rows=st.integers(1, 200),
+    windows=st.integers(1, 6),
+    row_bytes=st.sampled_from([1, 4, 16, 48, 100, 1000]),
+    chunk_rows=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+)
+def test_pieces_cover_every_row_once(rows, batch, mode, block_rows, windows, row_bytes, chunk_rows, seed):
+    plan = EpochPlan(rows=rows, batch_size=batch, shuffle=mode, block_rows=block_rows,
+                     window_rows=batch * windows, first_window_rows=batch, lead_windows=2)  # fmt: skip
+    for w in range(plan.num_windows):
+        window = plan.window(seed, w)
+        for profile in (SMALL, PROFILES["local"], PROFILES["remote"]):
+            pieces = window_pieces(window, 0, row_bytes, chunk_rows, profile)
+            check_pieces(window, pieces, row_bytes, profile, chunk_rows)
+
+
+def test_global_pieces_respect_chunks_and_spread():
+    plan = EpochPlan(rows=100_003, batch_size=10, shuffle="global", window_rows=20_000)
+    window = plan.window(7, 1)
+    pieces = window_pieces(window, 2, 1024, 64, PROFILES["local"])
+    check_pieces(window, pieces, 1024, PROFILES["local"], 64)
+    # Enough pieces to keep many small reads in flight.
+    assert len(pieces) >= PROFILES["local"].scattered_in_flight // 4
+    assert {p.source for p in pieces} == {2}
+
+
+def test_large_rows_are_whole_pieces():
+    """A row larger than piece_bytes is still read (one row per piece, never split)."""
+    plan = EpochPlan(rows=10, batch_size=2, shuffle="block", block_rows=1, window_rows=4)
+    window = plan.window(1, 0)
+    pieces = window_pieces(window, 0, 10 << 20, 1, PROFILES["local"])
+    check_pieces(window, pieces, 10 << 20, PROFILES["local"], 1)
+    assert all(p.count == 1 for p in pieces)
+
+
+# -- the queue -----------------------------------------------------------------------------------
+class Simulation:
+    """A consumer asking for keys, I/O completing pieces in random order, checked invariants."""
+
+    def __init__(self, num_windows: int, window_bytes, ahead_bytes: int, max_windows: int, limit: int,
+                 pieces_per_window, seed: int) -> None:  # fmt: skip
+        self.num_windows = num_windows
+        self.rng = random.Random(seed)
+        self.limit = limit
+        self.pieces_per_window = pieces_per_window
+        self.queue = ReadQueue(self.successor, window_bytes, ahead_bytes=ahead_bytes, max_windows=max_windows)
+        self.window_bytes = window_bytes
+        self.ahead_bytes = ahead_bytes
+        self.out: list[tuple] = []  # (entry, piece) in flight
+        self.issued: dict[tuple, list] = {}  # key -> pieces issued (current entry)
+        self.planning: list = []
+
+    def successor(self, key):
+        epoch, window = key
+        return (epoch, window + 1) if window + 1 < self.num_windows else (epoch + 1, 0)
+
+    def check(self) -> None:
+        q = self.queue
+        assert q.out == len(self.out) <= self.limit
+        demanded = sum(e.nbytes for e in q.entries.values() if e.demanded)
+        assert q.held_bytes <= self.ahead_bytes + demanded + self.max_dropped_bytes()
+
+    def max_dropped_bytes(self) -> int:
+        # Dropped windows keep their bytes while pieces of theirs are in flight.
+        return sum(e.nbytes for e in self.queue.dropped)
+
+    def pump(self) -> None:
+        q = self.queue
+        while (entry := q.next_window()) is not None:
+            self.planning.append(entry)
+        while (item := q.next_piece(lambda piece: self.limit)) is not None:
+            entry, piece = item
+            assert piece not in self.issued.setdefault(entry.key, []) or entry.dropped
+            self.issued[entry.key].append(piece)
+            self.out.append(item)
+        self.check()
+
+    def plan_some(self) -> None:
+        while self.planning and self.rng.random() < 0.7:
+            entry = self.planning.pop(self.rng.randrange(len(self.planning)))
+            pieces = [("piece", entry.key, i) for i in range(self.pieces_per_window(entry.key))]
+            self.issued[entry.key] = []
+            self.queue.planned(entry, pieces)
+
+    def complete_some(self) -> None:
+        while self.out and self.rng.random() < 0.6:
+            entry, _ = self.out.pop(self.rng.randrange(len(self.out)))
+            self.queue.piece_done(entry, True)
+
+    def step(self) -> None:
+        self.plan_some()
+        self.pump()
+        self.complete_some()
+        self.pump()
+
+    def take(self, key) -> None:
+        """The consumer asks for ``key`` and waits until it is complete; then takes it."""
+        entry = self.queue.demand(key)
+        if entry is not None:
+            self.planning.append(entry)
+        self.pump()
+        entry = self.queue.entries[key]
+        for _ in range(100_000):
+            if entry.complete:
+                break
+            self.step()
+        else:
+            raise AssertionError(f"{key} never completed")
+        expected = [("piece", key, i) for i in range(self.pieces_per_window(key))]
+        assert sorted(self.issued[key]) == expected, "every piece of the window exactly once"
+        self.queue.consumed(key)
+        self.pump()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_queue_reads_ahead_within_bounds(seed):
+    rng = random.Random(seed)
+    sizes = {w: rng.choice([10, 30, 100]) for w in range(9)}
+    sim = Simulation(
+        num_windows=9,
+        window_bytes=lambda key: sizes[key[1]],
+        ahead_bytes=250,
+        max_windows=rng.choice([1, 3, 8]),
+        limit=rng.choice([1, 2, 5]),
+        pieces_per_window=lambda key: 1 + (key[1] * 7 + key[0]) % 4,
+        seed=seed,
+    )
+    for epoch in range(3):
+        for window in range(9):
+            sim.take((epoch, window))
+            # A slow consumer: the I/O runs on; read-ahead must stop at the bounds.
+            for _ in range(rng.randrange(20)):
+                sim.step()
+            ahead = [e for e in sim.queue.entries.values() if not e.demanded]
+            assert len(ahead) <= sim.queue.max_windows
+            assert sum(e.nbytes for e in ahead) <= 250
+
+
+def test_queue_follows_a_consumer_that_jumps():
+    sim = Simulation(num_windows=20, window_bytes=lambda key: 10, ahead_bytes=50, max_windows=5, limit=3,
+                     pieces_per_window=lambda key: 2, seed=1)  # fmt: skip
+    sim.take((0, 0))
+    for _ in range(50):
+        sim.step()
+    assert {k for k, e in sim.queue.entries.items()} == {(0, w) for w in range(1, 6)}
+    # A restore to another epoch: what was read ahead is dropped, reading follows the new key.
+    sim.take((4, 10))
+    for _ in range(50):
+        sim.step()
+    assert {k for k in sim.queue.entries} == {(4, w) for w in range(11, 16)}
+    # Epoch boundaries are crossed: the window after the last is the next epoch's first.
+    for w in range(11, 20):
+        sim.take((4, w))
+    for _ in range(50):
+        sim.step()
+    assert (5, 0) in sim.queue.entries
+
+
+def test_waited_for_windows_go_first():
+    q = ReadQueue(lambda k: (k[0], k[1] + 1), lambda k: 10, ahead_bytes=100, max_windows=4)
+    first = q.demand((0, 0))
+    ahead = q.next_window()
+    assert first is not None and ahead is not None and ahead.key == (0, 1)
+    assert q.next_window() is None  # ReadQueue.MAX_PLANNING windows are being planned
+    q.planned(ahead, [("ahead", 0)])
+    q.planned(first, [("demanded", 0), ("demanded", 1)])
+    issued = [q.next_piece(lambda p: 10)[1] for _ in range(3)]
+    assert issued == [("demanded", 0), ("demanded", 1), ("ahead", 0)]
+
+
+def test_in_flight_limit_per_piece_kind():
+    q = ReadQueue(lambda k: (k[0], k[1] + 1), lambda k: 10, ahead_bytes=1000, max_windows=1)
+    entry = q.demand((0, 0))
+    q.planned(entry, [("small", i) for i in range(10)])
+    got = []
+    while (item := q.next_piece(lambda p: 4)) is not None:
+        got.append(item)
+    assert len(got) == 4 and q.out == 4
+    q.piece_done(got[0][0], True)
+    assert q.next_piece(lambda p: 4) is not None and q.out == 4
+
+
+def test_failure_completes_the_window_once_nothing_is_in_flight():
+    q = ReadQueue(lambda k: (k[0], k[1] + 1), lambda k: 10, ahead_bytes=0, max_windows=1)
+    entry = q.demand((0, 0))
+    q.planned(entry, [1, 2, 3, 4])
+    a = q.next_piece(lambda p: 2)
+    b = q.next_piece(lambda p: 2)
+    assert a and b
+    assert not q.piece_done(entry, False)  # failed, but piece b still writes into its buffers
+    assert q.next_piece(lambda p: 2) is None  # nothing more of a failed window is issued
+    assert q.piece_done(entry, True)
+    assert entry.failed and entry.complete
