@@ -605,3 +605,26 @@ def test_constructed_from_a_path(written):
         assert_rows_equal(src.read(0, N), oracle(path, "contiguous-<f4"))
     with pytest.raises(npstream.UsageError, match="no dataset 'nope'"):
         npstream.HDF5Source(path, "nope")
+
+
+# -- contiguous datasets take the .npy path for scattered reads -----------------------------------
+
+
+@pytest.mark.parametrize("shuffle", [True, "global"])
+def test_contiguous_scattered_reads_match_npy(tmp_path, shuffle):
+    """Rows of 16 KiB: block shuffle places them straight (``read_scatter``), global shuffle reads
+    them with ``read_rows``; the HDF5 stream equals the ``.npy`` stream of the same data."""
+    data = np.random.default_rng(3).integers(0, 1 << 30, size=(3000, 4096), dtype=np.int32)
+    h5 = os.fspath(tmp_path / "c.h5")
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("x", data=data)
+    npy = os.fspath(tmp_path / "c.npy")
+    np.save(npy, data)
+    with npstream.open(h5, key="x") as src:
+        assert src.mode == "contiguous" and src.can_scatter()
+        args = dict(batch_size=64, shuffle=shuffle, seed=11, memory_budget="16MB")
+        got = np.concatenate([b.copy() for b in npstream.batches(src, **args)])
+        want = np.concatenate([b.copy() for b in npstream.batches(npy, **args)])
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, data)  # shuffled
+    np.testing.assert_array_equal(np.sort(got[:, 0]), np.sort(data[:, 0]))

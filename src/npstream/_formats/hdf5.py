@@ -336,8 +336,20 @@ class HDF5Source(SourceBase):
         else:
             self._read_h5py(start, stop, out)
 
+    def can_scatter(self) -> bool:
+        """Whether :meth:`read_scatter` can place rows (contiguous datasets read as a ``.npy``)."""
+        return self._file is not None and self._file.can_scatter()
+
+    def read_scatter(self, start: int, stop: int, out: np.ndarray, positions: np.ndarray) -> None:
+        """See :meth:`FileSource.read_scatter`; only when :meth:`can_scatter`."""
+        assert self._file is not None
+        self._file.read_scatter(start, stop, out, positions)
+
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Scattered rows: chunked datasets decode each chunk they touch once per call."""
+        """Scattered rows: contiguous datasets as a ``.npy`` reads them (one vectored call);
+        chunked datasets decode each chunk they touch once per call."""
+        if self._file is not None:
+            return self._file.read_rows(rows, out)
         if self._chunks is None:
             return super().read_rows(rows, out)
         rows = np.asarray(rows, dtype=np.int64)
