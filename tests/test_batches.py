@@ -359,3 +359,4 @@ def test_big_rows_work_with_the_default_budget(tmp_path) -> None:
     assert sorted(seen) == list(range(70))
     with pytest.raises(UsageError, match="memory_budget"):  # an explicit budget stays strict
         npstream.batches(os.fspath(tmp_path / "tiles.npy"), batch_size=32, memory_budget="256MB")
+

@@ -256,3 +256,39 @@ def test_failure_completes_the_window_once_nothing_is_in_flight():
     assert q.next_piece(lambda p: 2) is None  # nothing more of a failed window is issued
     assert q.piece_done(entry, True)
     assert entry.failed and entry.complete
+
+
+def test_a_failed_read_ahead_stops_reading_ahead_until_the_consumer_asks():
+    """A file gone bad must not be read ahead into later epochs forever after its consumer
+    stopped at the error: failed windows hold no bytes, so the bounds alone would not stop it."""
+    q = ReadQueue(lambda k: (k[0], k[1] + 1), lambda k: 10, ahead_bytes=30, max_windows=3)
+    first = q.demand((0, 0))
+    q.planned(first, ["a"])
+    ahead = q.next_window()
+    assert ahead is not None and ahead.key == (0, 1)
+    q.planned(ahead, ["b"])
+    issued = [q.next_piece(lambda p: 10) for _ in range(2)]
+    assert [item[1] for item in issued] == ["a", "b"]
+    assert q.piece_done(ahead, False)  # the read made ahead failed
+    for _ in range(10):
+        assert q.next_window() is None
+    q.piece_done(first, True)
+    q.consumed((0, 0))
+    assert q.next_window() is None  # taking what was asked for is not asking for more
+    # The consumer asks for the failed window: it is read again, and reading ahead resumes.
+    again = q.retry((0, 1))
+    assert q.demand((0, 1)) is None and again.demanded
+    started = q.next_window()
+    assert started is not None and started.key == (0, 2)
+
+
+def test_a_failed_plan_of_a_window_read_ahead_also_stops_reading_ahead():
+    q = ReadQueue(lambda k: (k[0], k[1] + 1), lambda k: 10, ahead_bytes=30, max_windows=3)
+    first = q.demand((0, 0))
+    q.planned(first, [])
+    ahead = q.next_window()
+    assert ahead is not None
+    q.planned(ahead, [], failed=True)
+    assert q.next_window() is None
+    q.demand((0, 1))
+    assert q.next_window() is not None

@@ -560,3 +560,38 @@ def test_exit_with_slow_reads_in_flight_is_quiet_and_prompt(tmp_path):
         assert child.returncode == 0, (child.returncode, child.stderr[-3000:])
         assert "first rows 64" in child.stdout
         assert "Traceback" not in child.stderr and "cannot schedule" not in child.stderr, child.stderr[-3000:]
+
+
+def test_reading_ahead_stops_once_the_file_went_bad(tmp_path) -> None:
+    """A file truncated mid-epoch: the consumer gets the error, and nothing goes on reading in
+    the background. Failed windows hold no memory, so the read-ahead bounds alone did not stop
+    it: it ran through hundreds of epochs a second, for the life of the process."""
+    import time
+
+    from npstream._core.readahead import _live
+
+    path = os.fspath(tmp_path / "x.npy")
+    np.save(path, np.arange(400000, dtype=np.int64).reshape(-1, 4))
+    before = set(_live)
+    ds = ntf.dataset(path, batch_size=1000, memory_budget="2MB")
+    iterator = iter(ds)
+    next(iterator)
+    (ahead,) = set(_live) - before
+    started: list[tuple[int, int]] = []
+    real = ahead.reader.prepare
+
+    def counting(epoch, window):
+        started.append((epoch, window))
+        return real(epoch, window)
+
+    ahead.reader.prepare = counting
+    os.truncate(path, 4096)
+    with pytest.raises(tf.errors.OpError, match="truncated"):
+        for _ in iterator:
+            pass
+    time.sleep(0.5)  # reads already in flight end
+    count = len(started)
+    time.sleep(1.0)
+    assert len(started) == count, f"still reading after the error: {started[-3:]}"
+    assert max(epoch for epoch, _ in started) <= 1
+    del iterator

@@ -235,6 +235,11 @@ class ReadQueue:
         self.latest: Key | None = None  # the latest key the consumer asked for
         self.out = 0  # pieces in flight, all windows
         self.planning = 0  # windows started whose pieces are not known yet
+        # A window read ahead failed: start no more until the consumer asks for a key. Without
+        # this, failed windows (which hold nothing) would make room for the next ones, and a
+        # dataset whose file or object went bad would read ahead into later epochs forever,
+        # long after its consumer stopped at the error.
+        self.halted = False
 
     @property
     def held_bytes(self) -> int:
@@ -247,6 +252,7 @@ class ReadQueue:
         A key nobody predicted (a restore, a new epoch before the last one ended, a second
         iterator) becomes the point to read ahead from; what was read ahead is dropped.
         """
+        self.halted = False
         entry = self.entries.get(key)
         if entry is not None:
             entry.demanded = True
@@ -286,7 +292,7 @@ class ReadQueue:
         key = self.cursor
         while key is not None and key in self.entries:  # the consumer asked for it already
             key = self.cursor = self.successor(key)
-        if key is None or self.planning >= self.MAX_PLANNING:
+        if key is None or self.halted or self.planning >= self.MAX_PLANNING:
             return None
         if sum(not e.demanded for e in self.entries.values()) >= self.max_windows:
             return None
@@ -331,6 +337,8 @@ class ReadQueue:
         entry.planned = True
         entry.failed = failed
         entry.pending = [] if failed else list(pieces)
+        if failed and not entry.demanded:
+            self.halted = True
 
     # -- pieces ------------------------------------------------------------------------------
     def next_piece(self, limit: Callable[[Piece], int]) -> tuple[Entry, Piece] | None:
@@ -356,6 +364,8 @@ class ReadQueue:
         if not ok:
             entry.failed = True
             entry.pending = []
+            if not entry.demanded:
+                self.halted = True
         if entry.dropped:
             if entry.out == 0 and entry in self.dropped:
                 self.dropped.remove(entry)
