@@ -93,11 +93,17 @@ def read_many(
     if fn is not None:
         failed = ctypes.c_int64(0)
         error = ctypes.c_int(0)
+        # Every buffer the C loop writes must be referenced from this frame until it returns:
+        # at interpreter exit, module globals are cleared while daemon I/O threads may still be
+        # inside this call without the GIL, and the module's scratch page would be freed under
+        # the writes (seen: heap corruption at exit after a cold global-shuffle epoch).
+        trash = _TRASH
         status = fn(
             fd, count, offsets.ctypes.data_as(_P64), lengths.ctypes.data_as(_P64), out.ctypes.data,
-            destinations.ctypes.data_as(_P64), max_gap, _TRASH.ctypes.data, ctypes.byref(failed),
+            destinations.ctypes.data_as(_P64), max_gap, trash.ctypes.data, ctypes.byref(failed),
             ctypes.byref(error),
         )  # fmt: skip
+        del trash
         if status != 0:
             _fail(fd, name, offsets, lengths, int(failed.value), int(error.value))
         return
