@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .._errors import FormatError, UsageError
+from .._errors import FormatError
 from .source import ArraySource, SourceBase
 
 __all__ = ["ConcatSource"]
@@ -42,7 +42,9 @@ class ConcatSource(SourceBase):
         for part in self.parts:
             part.close()
 
-    def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    def _spans(self, start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(part, begin, end, done)`` for rows ``[start, stop)``: rows ``[begin, end)`` of part
+        ``part`` are rows ``[done, done + end - begin)`` of the range."""
         index = bisect.bisect_right(self._starts, start) - 1
         done = 0
         while start + done < stop:
@@ -50,9 +52,13 @@ class ConcatSource(SourceBase):
             begin = start + done - part_start
             end = min(stop, self._starts[index + 1]) - part_start
             if end > begin:
-                self.parts[index].read(begin, end, out[done : done + end - begin])
+                yield index, begin, end, done
                 done += end - begin
             index += 1
+
+    def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        for part, begin, end, done in self._spans(start, stop):
+            self.parts[part].read(begin, end, out[done : done + end - begin])
 
     def _split(self, rows: np.ndarray) -> list[tuple[int, int, int]]:
         """``(part, first, last)``: rows ``rows[first:last]`` (sorted) lie in part ``part``."""
@@ -63,14 +69,7 @@ class ConcatSource(SourceBase):
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Scattered rows, each part's rows with that part's ``read_rows`` (one call per file)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        self._check_out(out, len(rows))
-        if not len(rows):
-            return out
-        if rows[0] < 0 or rows[-1] >= len(self) or (len(rows) > 1 and bool(np.any(rows[1:] <= rows[:-1]))):
-            raise UsageError(
-                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
-            )
+        rows = self._check_rows(rows, out)
         for part, first, last in self._split(rows):
             self.parts[part].read_rows(rows[first:last] - self._starts[part], out[first:last])
         return out
@@ -81,16 +80,8 @@ class ConcatSource(SourceBase):
     def read_scatter(self, start: int, stop: int, out: np.ndarray, positions: np.ndarray) -> None:
         """Rows ``[start, stop)`` to ``out`` rows ``positions`` (see ``FileSource.read_scatter``)."""
         start, stop = self._check_range(start, stop)
-        index = bisect.bisect_right(self._starts, start) - 1
-        done = 0
-        while start + done < stop:
-            part_start = self._starts[index]
-            begin = start + done - part_start
-            end = min(stop, self._starts[index + 1]) - part_start
-            if end > begin:
-                self.parts[index].read_scatter(begin, end, out, positions[done : done + end - begin])  # type: ignore[attr-defined]
-                done += end - begin
-            index += 1
+        for part, begin, end, done in self._spans(start, stop):
+            self.parts[part].read_scatter(begin, end, out, positions[done : done + end - begin])  # type: ignore[attr-defined]
 
 
 def _name(source: ArraySource) -> str:

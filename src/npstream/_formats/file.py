@@ -16,7 +16,7 @@ from .._errors import UsageError
 from .._storage import ByteSource, byte_view, open_bytes
 from .._storage.direct import DirectReads, direct_supported
 from .layout import ArrayLayout, check_fits, native_dtype
-from .source import SourceBase
+from .source import SourceBase, runs
 
 __all__ = ["DIRECT_MIN_BYTES", "FileSource", "enable_direct_io"]
 
@@ -80,20 +80,13 @@ class FileSource(SourceBase):
         a page apart, native and without the GIL where it can be; ``_storage/preads.py``);
         otherwise one ``read`` per run.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        self._check_out(out, len(rows))
+        rows = self._check_rows(rows, out)
         if not len(rows) or not out.nbytes:
             return out
-        if rows[0] < 0 or rows[-1] >= len(self) or (len(rows) > 1 and bool(np.any(rows[1:] <= rows[:-1]))):
-            raise UsageError(
-                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
-            )
         read_many = getattr(self.data, "read_many", None)
         if read_many is None or self._strided:
             return super().read_rows(rows, out)
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts = np.concatenate(([0], breaks))
-        stops = np.concatenate((breaks, [len(rows)]))
+        starts, stops = runs(rows)
         row_bytes = self._row_bytes
         read_many(
             self.layout.offset + rows[starts] * row_bytes,

@@ -352,15 +352,8 @@ class HDF5Source(SourceBase):
             return self._file.read_rows(rows, out)
         if self._chunks is None:
             return super().read_rows(rows, out)
-        rows = np.asarray(rows, dtype=np.int64)
-        self._check_out(out, len(rows))
-        if not len(rows):
-            return out
-        if rows[0] < 0 or rows[-1] >= len(self) or (len(rows) > 1 and np.any(np.diff(rows) <= 0)):
-            raise UsageError(
-                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
-            )
-        if out.nbytes:
+        rows = self._check_rows(rows, out)
+        if len(rows) and out.nbytes:
             self._chunks.read_rows(rows, out)
         return out
 

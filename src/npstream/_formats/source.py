@@ -89,21 +89,22 @@ class SourceBase:
         The default reads each run of consecutive rows with one ``read``; formats with a coarser
         granularity (pages, chunks, remote requests) override it to read what they must once.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        self._check_out(out, len(rows))
-        if not len(rows):
-            return out
-        if rows[0] < 0 or rows[-1] >= len(self):
-            raise UsageError(
-                f"{self.name}: rows {int(rows[0])}..{int(rows[-1])} are not within the array's "
-                f"{len(self)} rows"
-            )
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts = np.concatenate(([0], breaks)).tolist()
-        stops = np.concatenate((breaks, [len(rows)])).tolist()
-        for first, last in zip(starts, stops, strict=True):
+        rows = self._check_rows(rows, out)
+        starts, stops = runs(rows)
+        for first, last in zip(starts.tolist(), stops.tolist(), strict=True):
             self.read(int(rows[first]), int(rows[last - 1]) + 1, out[first:last])
         return out
+
+    def _check_rows(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``rows`` as int64, checked for :meth:`read_rows`: sorted, unique, within the array,
+        and ``out`` fits them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_out(out, len(rows))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= len(self) or bool(np.any(rows[1:] <= rows[:-1]))):
+            raise UsageError(
+                f"{self.name}: read_rows needs sorted, unique rows within the array's {len(self)} rows"
+            )
+        return rows
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
         if isinstance(index, slice):
@@ -163,3 +164,9 @@ class SourceBase:
             )
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise UsageError(f"{self.name}: out must be a writeable C-contiguous array")
+
+
+def runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, stops)``: ``rows[starts[i]:stops[i]]`` are the runs of consecutive row numbers."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return np.concatenate(([0], breaks)), np.concatenate((breaks, [len(rows)]))
